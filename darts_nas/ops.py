@@ -1,0 +1,132 @@
+"""Candidate operations of the DARTS search space (REFERENCE section 1).
+
+``OPS`` maps an op name to a factory ``(C, stride, affine) -> nn.Module`` whose output has ``C``
+channels and spatial size ``ceil(H / stride)`` for any ``H`` (odd sizes included). The supernet
+builds its mixed ops from this registry and the final network builds its cells from it, so a new
+op becomes available to both by registering it here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+OPS: Registry = Registry("op")
+
+# Ops without weights. They are the ones a collapsing search drifts towards.
+PARAMETER_FREE = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
+
+
+class Zero(nn.Module):
+    """The ``none`` op: zeros, subsampled at stride 2. The supernet skips it entirely."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU, k x k conv (no bias), BN: the cell-input preprocessing and a building block."""
+
+    def __init__(self, C_in: int, C_out: int, kernel_size, stride, padding, affine: bool = True) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class DilConv(nn.Sequential):
+    """ReLU, depthwise k x k conv (dilation d), pointwise 1x1 conv, BN."""
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
+                 dilation: int, affine: bool = True) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """A separable conv applied twice; only the first depthwise conv carries the stride."""
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
+                 affine: bool = True) -> None:
+        super().__init__(
+            DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine),
+            DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution without losing pixels: two stride-2 1x1 convs, the second on the
+    input shifted by one pixel, each producing ``C_out // 2`` channels, concatenated, then BN.
+
+    The shifted path pads one zero row and column at the far edge, so both paths give
+    ``ceil(H / 2)`` rows for odd ``H`` too; for even ``H`` this is exactly the usual
+    ``x[:, :, 1:, 1:]`` shift.
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
+        super().__init__()
+        if C_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # (B, C, H, W), moved up-left by one pixel
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+class Conv7x1x7(nn.Sequential):
+    """ReLU, 1x7 conv (stride (1, s)), 7x1 conv (stride (s, 1)), BN (NASNet/AmoebaNet op)."""
+
+    def __init__(self, C: int, stride: int, affine: bool = True) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+            nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+            nn.BatchNorm2d(C, affine=affine),
+        )
+
+
+def _skip(C: int, stride: int, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else FactorizedReduce(C, C, affine)
+
+
+OPS.register("none", lambda C, stride, affine: Zero(stride))
+OPS.register("max_pool_3x3", lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1))
+OPS.register("avg_pool_3x3",
+             lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
+OPS.register("skip_connect", _skip)
+OPS.register("sep_conv_3x3", lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine))
+OPS.register("sep_conv_5x5", lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine))
+OPS.register("dil_conv_3x3", lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine))
+OPS.register("dil_conv_5x5", lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine))
+OPS.register("sep_conv_7x7", lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine))
+OPS.register("conv_7x1_1x7", lambda C, stride, affine: Conv7x1x7(C, stride, affine))
+
+
+def is_pooling(name: str) -> bool:
+    """Pooling ops get a BN(affine=False) after them inside the supernet's mixed op."""
+    return "pool" in name
