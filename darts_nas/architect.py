@@ -1,0 +1,134 @@
+"""Architecture steps of the bilevel search (DARTS paper section 2.3, REFERENCE section 3).
+
+First order (``unrolled=False``) uses ``grad_a L_val(w, a)``. Second order (``unrolled=True``)
+approximates the hypergradient through one virtual SGD step (Eq. 6-8 of the paper):
+
+    w' = w - xi * (momentum * v + grad_w L_train(w, a) + wd * w)
+    grad_a = grad_a L_val(w', a) - xi * [grad_a L_train(w+, a) - grad_a L_train(w-, a)] / (2 eps)
+    w+- = w +- eps * grad_w' L_val(w', a),   eps = r / ||grad_w' L_val(w', a)||_2,  r = 0.01
+
+Every forward pass here goes through ``torch.func.functional_call`` with copies of the BatchNorm
+buffers, so the network is never copied or rebuilt and, after a step, the real weights and every
+BatchNorm buffer are bit-identical to before. Only the gradients a formula needs are computed:
+the first-order step never materialises weight gradients.
+
+Search methods register in :data:`METHODS`; a later method (GDAS, random search with weight
+sharing) plugs in there with its own architect class.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .registry import Registry
+from .supernet import Supernet
+
+METHODS: Registry = Registry("search method")
+
+Batch = Sequence[torch.Tensor]  # (images (B, C, H, W), labels (B,))
+
+
+@METHODS.register("darts")
+class Architect:
+    """Updates the supernet's alphas with Adam from first- or second-order hypergradients.
+
+    ``w_optimizer`` is the weights' SGD optimizer: its momentum, weight decay and momentum
+    buffers define the virtual step of the second-order gradient.
+    """
+
+    def __init__(self, model: Supernet, w_optimizer: torch.optim.SGD, lr: float = 3e-4,
+                 betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
+                 unrolled: bool = False, hessian_r: float = 1e-2) -> None:
+        self.model = model
+        self.w_optimizer = w_optimizer
+        self.unrolled = unrolled
+        self.hessian_r = hessian_r
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas,
+                                          weight_decay=weight_decay)
+        self._names = [n for n, _ in model.named_weights()]
+        self._weights = [p for _, p in model.named_weights()]
+
+    # -- functional evaluation -------------------------------------------------------------
+    def loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the supernet on ``batch`` with ``weights`` in place of the real ones
+        (the real ones when None). BatchNorm buffers are copied, never updated."""
+        x, y = batch
+        state = {n: b.clone() for n, b in self.model.named_buffers()}
+        if weights is not None:
+            state.update(zip(self._names, weights))
+        logits = functional_call(self.model, state, (x,))
+        return F.cross_entropy(logits, y), logits
+
+    # -- gradients ---------------------------------------------------------------------------
+    def first_order_grad(self, val_batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        loss, logits = self.loss(val_batch)
+        grads = torch.autograd.grad(loss, self.model.arch_parameters())
+        return list(grads), loss.detach(), logits.detach()
+
+    def virtual_step(self, train_batch: Batch, xi: float) -> list[torch.Tensor]:
+        """w' = w - xi * (momentum * v + grad_w L_train(w, a) + wd * w), detached."""
+        group = self.w_optimizer.param_groups[0]
+        momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        loss, _ = self.loss(train_batch)
+        grads = torch.autograd.grad(loss, self._weights, allow_unused=True)
+        virtual = []
+        with torch.no_grad():
+            for p, g in zip(self._weights, grads):
+                d = wd * p if g is None else g + wd * p
+                buf = self.w_optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None and momentum:
+                    d = d + momentum * buf
+                virtual.append(p - xi * d)
+        return virtual
+
+    def hessian_vector_product(self, vector: Sequence[torch.Tensor], train_batch: Batch
+                               ) -> list[torch.Tensor]:
+        """Central finite difference of grad_a L_train around the ORIGINAL weights w:
+        (grad_a L_train(w + eps v, a) - grad_a L_train(w - eps v, a)) / (2 eps), which
+        approximates (d^2 L_train / da dw) v (Eq. 8 of the paper)."""
+        alphas = self.model.arch_parameters()
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector]))
+        if norm == 0:
+            return [torch.zeros_like(a) for a in alphas]
+        eps = self.hessian_r / norm
+        with torch.no_grad():
+            w_plus = [p + eps * v for p, v in zip(self._weights, vector)]
+        g_plus = torch.autograd.grad(self.loss(train_batch, w_plus)[0], alphas)
+        del w_plus
+        with torch.no_grad():
+            w_minus = [p - eps * v for p, v in zip(self._weights, vector)]
+        g_minus = torch.autograd.grad(self.loss(train_batch, w_minus)[0], alphas)
+        return [(gp - gm) / (2 * eps) for gp, gm in zip(g_plus, g_minus)]
+
+    def unrolled_grad(self, train_batch: Batch, val_batch: Batch, xi: float
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        alphas = self.model.arch_parameters()
+        virtual = [w.requires_grad_(True) for w in self.virtual_step(train_batch, xi)]
+        loss, logits = self.loss(val_batch, virtual)
+        grads = torch.autograd.grad(loss, alphas + virtual, allow_unused=True)
+        d_alpha = grads[: len(alphas)]
+        d_virtual = [torch.zeros_like(w) if g is None else g for w, g in zip(virtual, grads[len(alphas):])]
+        del virtual, grads
+        implicit = self.hessian_vector_product(d_virtual, train_batch)
+        return [da - xi * h for da, h in zip(d_alpha, implicit)], loss.detach(), logits.detach()
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> dict[str, torch.Tensor]:
+        """One Adam step on the alphas. ``xi`` is the weights' current learning rate.
+
+        Returns the architecture-half loss and logits (at w for first order, at w' for second).
+        """
+        if self.unrolled:
+            grads, loss, logits = self.unrolled_grad(train_batch, val_batch, xi)
+        else:
+            grads, loss, logits = self.first_order_grad(val_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        for a, g in zip(self.model.arch_parameters(), grads):
+            a.grad = g
+        self.optimizer.step()
+        return {"loss": loss, "logits": logits}

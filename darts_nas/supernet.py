@@ -1,0 +1,196 @@
+"""The weight-sharing supernet of the DARTS search (REFERENCE section 1).
+
+Every edge of a cell is a :class:`MixedOp`, ``o(x) = sum_k softmax(alpha)_k * op_k(x)``
+(Eq. 2 of the DARTS paper). The architecture parameters ``alphas_normal`` and
+``alphas_reduce`` (shape ``(num_edges, num_ops)``) are ``nn.Parameter``s of the supernet, so they
+are saved, moved and synchronised with it; :meth:`Supernet.arch_parameters` and
+:meth:`Supernet.weights` partition :meth:`Supernet.parameters`.
+
+Search spaces register a builder in :data:`SEARCH_SPACES`; a new space (NAS-Bench-201, a
+partial-channel variant) plugs in there without touching this module's core.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .genotype import PRIMITIVES, Genotype, derive
+from .ops import OPS, FactorizedReduce, ReLUConvBN, is_pooling
+from .registry import Registry
+
+SEARCH_SPACES: Registry = Registry("search space")
+
+
+def num_edges(steps: int) -> int:
+    """Edges of a cell with ``steps`` intermediate nodes: node i (0-based) has 2 + i inputs."""
+    return sum(2 + i for i in range(steps))
+
+
+class MixedOp(nn.Module):
+    """One edge of the supernet: a softmax-weighted sum of every candidate op.
+
+    ``none`` contributes exactly zero, so it is not built and not computed; its alpha still takes
+    part in the softmax (as in the paper), it just multiplies nothing.
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList()
+        self.op_index: list[int] = []  # column of alpha for each built op
+        for k, name in enumerate(primitives):
+            if name == "none":
+                continue
+            op = OPS[name](C, stride, False)
+            if is_pooling(name):
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self.ops.append(op)
+            self.op_index.append(k)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (num_ops,) softmaxed alphas of this edge
+        out = None
+        for k, op in zip(self.op_index, self.ops):
+            y = weights[k] * op(x)
+            out = y if out is None else out + y
+        return out
+
+
+class SearchCell(nn.Module):
+    """A DARTS cell with every edge mixed: two inputs, ``steps`` intermediate nodes, output the
+    channel concatenation of the last ``multiplier`` nodes."""
+
+    def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int,
+                 reduction: bool, reduction_prev: bool, primitives: Sequence[str]) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        # The cell two back is at twice our input resolution when the previous cell reduced.
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_pp, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(C, stride, primitives))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # weights: (num_edges, num_ops); edges are ordered node by node, inputs in order
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            node = None
+            for j, h in enumerate(states):
+                y = self.edges[offset + j](h, weights[offset + j])
+                node = y if node is None else node + y
+            offset += len(states)
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)  # (B, multiplier * C, H', W')
+
+
+class Supernet(nn.Module):
+    """The DARTS search network: stem, ``layers`` search cells (reductions at ``layers // 3``
+    and ``2 * layers // 3``), global average pool, linear classifier.
+
+    ``forward(x) -> logits``; losses belong to the training code.
+    """
+
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
+                 multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
+                 primitives: Sequence[str] = PRIMITIVES) -> None:
+        super().__init__()
+        primitives = tuple(primitives)
+        _check_primitives(primitives)
+        if multiplier is None:
+            multiplier = steps
+        for name, value in (("init channels", C), ("classes", num_classes), ("layers", layers),
+                            ("nodes", steps), ("input channels", in_channels)):
+            if value < 1:
+                raise ConfigError(f"the number of {name} must be at least 1, got {value}")
+        if not 1 <= multiplier <= steps:
+            raise ConfigError(f"multiplier must be between 1 and the number of nodes ({steps}), got {multiplier}")
+        self.C = C
+        self.num_classes = num_classes
+        self.layers = layers
+        self.steps = steps
+        self.multiplier = multiplier
+        self.primitives = primitives
+
+        C_curr = stem_multiplier * C
+        # The stem's BN keeps its affine parameters as in the reference code (its 2 * 3C
+        # parameters are part of the 1,930,618 weights of the paper's supernet); every BN inside
+        # the cells is affine=False, so the ops cannot rescale themselves against the alphas.
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+            nn.BatchNorm2d(C_curr),
+        )
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction,
+                                         reduction_prev, primitives))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+        k = num_edges(steps)
+        # Eq. 2 of the paper; 1e-3 noise as in the reference code rather than exact zeros.
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(primitives)))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(primitives)))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def named_weights(self):
+        arch = {id(p) for p in self.arch_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
+
+    def weights(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weights()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, in_channels, H, W) -> logits (B, num_classes)
+        w_normal = F.softmax(self.alphas_normal, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        out = self.global_pooling(s1).flatten(1)
+        return self.classifier(out)
+
+    def genotype(self) -> Genotype:
+        """Discretise the current alphas (REFERENCE section 2)."""
+        return derive(self.alphas_normal.detach().cpu(), self.alphas_reduce.detach().cpu(),
+                      self.primitives, multiplier=self.multiplier)
+
+
+def _check_primitives(primitives: tuple[str, ...]) -> None:
+    for name in primitives:
+        OPS.get(name)  # unknown op -> ConfigError listing the valid ones
+    seen = set()
+    for name in primitives:
+        if name in seen:
+            raise ConfigError(f"candidate op {name!r} is listed twice; list each op once")
+        seen.add(name)
+    if not any(name != "none" for name in primitives):
+        raise ConfigError("the candidate ops need at least one op other than 'none'")
+
+
+@SEARCH_SPACES.register("darts")
+def build_darts_supernet(C: int, num_classes: int, layers: int, steps: int, in_channels: int,
+                         primitives: Sequence[str] = PRIMITIVES, **_: object) -> Supernet:
+    return Supernet(C=C, num_classes=num_classes, layers=layers, steps=steps,
+                    in_channels=in_channels, primitives=primitives)
