@@ -22,8 +22,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Two cores are shared by everything; keep each test from oversubscribing them.
+    # Tiny tensors gain nothing from intra-op threads, and two cores are shared by everything.
     old = torch.get_num_threads()
-    torch.set_num_threads(min(old, 2))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)

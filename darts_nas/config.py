@@ -1,0 +1,116 @@
+"""Settings of a search, as one frozen dataclass with a JSON round trip.
+
+The defaults are the DARTS paper's CIFAR-10 search protocol (REFERENCE section 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .genotype import PRIMITIVES
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    # data
+    dataset: str = "cifar10"
+    data: str = "data"
+    download: bool = False
+    image_size: int | None = None
+    train_portion: float = 0.5
+    workers: int = 0
+    # search space
+    space: str = "darts"
+    init_channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    primitives: tuple[str, ...] = PRIMITIVES
+    # optimisation
+    method: str = "darts"
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_learning_rate: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    unrolled: bool = False
+    # run
+    seed: int = 2
+    device: str = "auto"
+    out: str | None = None
+    overwrite: bool = False
+    report_every: int = 50
+    steps_per_epoch: int | None = None  # cap on steps per epoch (smoke tests, benchmarks)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+        object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("init_channels", "layers", "nodes", "batch_size", "report_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ConfigError(f"--epochs must be 0 or more, got {self.epochs}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
+        if not 0.0 < self.train_portion < 1.0:
+            raise ConfigError(
+                f"--train-portion must lie strictly between 0 and 1 (it is the share of training images "
+                f"used for the weights, the rest go to the alphas), got {self.train_portion}")
+        for name in ("learning_rate", "arch_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate_min", "momentum", "weight_decay", "arch_weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if len(self.primitives) == 0:
+            raise ConfigError("--ops needs at least one candidate op")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["primitives"] = list(self.primitives)
+        d["arch_betas"] = list(self.arch_betas)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown search settings {unknown}; valid settings are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SearchConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"search settings are not valid JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise ConfigError("search settings must be a JSON object")
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+

@@ -1,0 +1,806 @@
+"""Datasets, transforms, the weight/architecture split and the loaders built on them.
+
+DARTS searches on the *training* split only: it is cut in two halves, one to fit the network
+weights w and one to fit the architecture parameters alpha (Section 3 of the paper; 50/50 on
+CIFAR-10). The test split is used only when a derived genotype is retrained from scratch.
+
+Every dataset is looked up by name in :data:`DATASETS`. Each entry knows its
+:class:`DatasetInfo` (channels, classes, size, normalisation, which augmentations are valid) and
+how to build its train/test datasets, using torchvision's own dataset classes for the standard
+benchmarks, ``ImageFolder`` for a directory of class subfolders, and scikit-learn's bundled 8x8
+digits for a quick start that needs no download. Files are checked before torchvision is asked
+to read them, so a missing or corrupt dataset is a one-sentence :class:`DataError` that says how
+to get it, never a torchvision traceback.
+
+Nothing here touches the disk or imports scikit-learn at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+from .errors import ConfigError, DataError
+from .registry import Registry
+
+__all__ = [
+    "DatasetInfo",
+    "DATASETS",
+    "DigitsDataset",
+    "Cutout",
+    "build_transform",
+    "get_info",
+    "load_dataset",
+    "split_indices",
+    "InfiniteLoader",
+    "TransformedSubset",
+    "SearchData",
+    "search_data",
+    "TrainTestData",
+    "train_test_data",
+]
+
+SPLITS = ("train", "test")
+
+# Per-channel statistics of the training images, after ToTensor (values in [0, 1]).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Computed once from the 1497-image train split of DigitsDataset (pixels 0..16 scaled to 0..255).
+DIGITS_MEAN, DIGITS_STD = (0.3055,), (0.3760,)
+
+DEFAULT_FOLDER_SIZE = 32
+
+
+def crop_padding_for(image_size: int) -> int:
+    """Padding of the random crop: 4 for 32x32 images (as in DARTS), scaled ~size/8, at least 1."""
+    return max(1, image_size // 8)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the network and the transforms need to know about a dataset."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int  # side of the square images the network sees, after transforms
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool  # is a horizontal flip label-preserving? (not for digits)
+    crop_padding: int
+    resize: bool = False  # images come in arbitrary sizes and must be resized to image_size first
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the dataset entries
+# --------------------------------------------------------------------------------------------
+
+
+def _as_path(root: str | os.PathLike | None, name: str) -> Path:
+    if root is None or str(root) == "":
+        raise ConfigError(f"the {name} dataset needs a data directory: pass --data DIR")
+    return Path(os.path.expanduser(os.fspath(root)))
+
+
+def _check_root(root: Path, download: bool, can_download: bool = False) -> None:
+    """``root`` must be a directory; with ``download`` it is created (torchvision does the same)."""
+    if download and not root.exists():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"cannot create the data directory {root} ({exc.strerror}): point --data at a writable directory"
+            ) from None
+    if not root.exists():
+        fix = FETCH_HINT if can_download else "point --data at the directory that holds the dataset"
+        raise DataError(f"data directory {root} does not exist: {fix}")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a directory: point --data at the directory that holds the dataset")
+
+
+FETCH_HINT = "pass --download to fetch it, or point --data at the directory that holds it"
+
+
+def _require_files(title: str, root: Path, folder: Path, files: Sequence[str]) -> None:
+    """Raise DataError unless every file in ``files`` exists under ``folder``."""
+    if not folder.is_dir():
+        raise DataError(f"{title} not found under {root} (expected {folder}): {FETCH_HINT}")
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(
+            f"{title} under {folder} is incomplete (missing {', '.join(missing)}): "
+            f"delete {folder} and pass --download to fetch it again"
+        )
+
+
+# Errors torchvision (or numpy / pickle underneath it) raises on a missing, truncated or corrupt
+# file. They are caught only around the call that constructs a torchvision dataset.
+_READ_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    AssertionError,
+    pickle.UnpicklingError,
+)
+
+
+def _construct(title: str, folder: Path, download: bool, make: Callable[[], Dataset]) -> Dataset:
+    """Call ``make`` (a torchvision constructor) and turn its failures into DataError.
+
+    ``folder`` is what the user should delete and fetch again if the files are corrupt.
+    """
+    try:
+        return make()
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        # urllib's URLError and socket errors are OSErrors; MNIST wraps them in "Error downloading ...".
+        network = isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)
+        if download and (network or str(exc).startswith("Error downloading")):
+            reason = str(exc).splitlines()[-1] if network else "every mirror failed"
+            raise DataError(
+                f"could not download {title} into {folder} ({reason}): check the network connection, "
+                f"or download it by hand and point --data at it"
+            ) from exc
+        # torchvision's own message ("Dataset not found or corrupted. You can use download=True...")
+        # names a Python argument, not the fix on the command line, so it is not repeated.
+        raise DataError(
+            f"{title} at {folder} is corrupted or incomplete (it fails torchvision's checksum or format check): "
+            f"delete {folder} and pass --download to fetch it again"
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset entries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DatasetEntry:
+    """A registered dataset: how to describe it and how to build one split of it."""
+
+    info: Callable[[Path | None, int | None], DatasetInfo]
+    # build(root, train, download, image_size, transform) -> Dataset
+    build: Callable[[Path | None, bool, bool, int | None, Callable | None], Dataset]
+    needs_root: bool = True  # the files live under --data (all but digits)
+    info_reads_root: bool = False  # the info depends on the files (folder: number of classes)
+    can_download: bool = True  # download=True fetches the files (torchvision datasets only)
+
+
+DATASETS: Registry[_DatasetEntry] = Registry("dataset")
+
+
+def _fixed_info(info: DatasetInfo) -> Callable[[Path | None, int | None], DatasetInfo]:
+    def describe(root: Path | None, image_size: int | None) -> DatasetInfo:
+        if image_size is not None and image_size != info.image_size:
+            raise ConfigError(
+                f"the {info.name} dataset has {info.image_size}x{info.image_size} images, not {image_size}: "
+                f"drop the image size setting (it only applies to the folder dataset)"
+            )
+        return info
+
+    return describe
+
+
+def _register_cifar(name: str, title: str, cls: type, info: DatasetInfo) -> None:
+    def build(root, train, download, image_size, transform):
+        folder = root / cls.base_folder
+        if not download:
+            # torchvision verifies every file of both splits plus the metadata, whichever split is read.
+            files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+            _require_files(title, root, folder, files)
+        return _construct(
+            title, folder, download, lambda: cls(str(root), train=train, transform=transform, download=download)
+        )
+
+    DATASETS.register(name, _DatasetEntry(info=_fixed_info(info), build=build))
+
+
+def _register_mnist(name: str, title: str, cls: type, info: DatasetInfo) -> None:
+    def build(root, train, download, image_size, transform):
+        folder = root / cls.__name__ / "raw"
+        legacy = root / cls.__name__ / "processed"
+        has_legacy = all((legacy / f).is_file() for f in (cls.training_file, cls.test_file))
+        if not download and not has_legacy:
+            # The raw idx files, stored uncompressed (torchvision unpacks the .gz downloads).
+            files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+            _require_files(title, root, folder, files)
+        return _construct(
+            title, folder, download, lambda: cls(str(root), train=train, transform=transform, download=download)
+        )
+
+    DATASETS.register(name, _DatasetEntry(info=_fixed_info(info), build=build))
+
+
+_register_cifar(
+    "cifar10",
+    "CIFAR-10",
+    tv_datasets.CIFAR10,
+    DatasetInfo("cifar10", 3, 10, 32, CIFAR10_MEAN, CIFAR10_STD, hflip=True, crop_padding=4),
+)
+_register_cifar(
+    "cifar100",
+    "CIFAR-100",
+    tv_datasets.CIFAR100,
+    DatasetInfo("cifar100", 3, 100, 32, CIFAR100_MEAN, CIFAR100_STD, hflip=True, crop_padding=4),
+)
+_register_mnist(
+    "mnist",
+    "MNIST",
+    tv_datasets.MNIST,
+    DatasetInfo("mnist", 1, 10, 28, MNIST_MEAN, MNIST_STD, hflip=False, crop_padding=crop_padding_for(28)),
+)
+_register_mnist(
+    "fashion-mnist",
+    "Fashion-MNIST",
+    tv_datasets.FashionMNIST,
+    DatasetInfo("fashion-mnist", 1, 10, 28, FASHION_MEAN, FASHION_STD, hflip=True, crop_padding=crop_padding_for(28)),
+)
+
+
+def _build_svhn(root, train, download, image_size, transform):
+    split = "train" if train else "test"
+    filename = tv_datasets.SVHN.split_list[split][1]
+    try:
+        import scipy.io  # noqa: F401  (torchvision reads the .mat files with it)
+    except ImportError:
+        raise DataError("the svhn dataset needs scipy to read its .mat files: pip install scipy") from None
+    if not download and not (root / filename).is_file():
+        raise DataError(f"SVHN not found under {root} (expected {root / filename}): {FETCH_HINT}")
+    return _construct(
+        "SVHN",
+        root / filename,
+        download,
+        lambda: tv_datasets.SVHN(str(root), split=split, transform=transform, download=download),
+    )
+
+
+DATASETS.register(
+    "svhn",
+    _DatasetEntry(
+        info=_fixed_info(DatasetInfo("svhn", 3, 10, 32, SVHN_MEAN, SVHN_STD, hflip=False, crop_padding=4)),
+        build=_build_svhn,
+    ),
+)
+
+
+# --- digits: scikit-learn's bundled 8x8 handwritten digits ----------------------------------
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 1797 8x8 handwritten digits as (PIL 'L' image, label) pairs.
+
+    The split is fixed and independent of any seed: every sixth image (index % 6 == 0, 300
+    images) is the test split, the other 1497 the train split. Pixels (0..16) are scaled to
+    0..255 so that torchvision's ToTensor maps them to [0, 1] like any other image.
+    """
+
+    def __init__(self, train: bool = True, transform: Callable | None = None) -> None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise DataError(
+                "the digits dataset needs scikit-learn: pip install scikit-learn (or pip install 'darts-nas[digits]')"
+            ) from None
+        bunch = load_digits()
+        images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
+        index = np.arange(len(images))
+        keep = index % 6 != 0 if train else index % 6 == 0
+        self.train = train
+        self.transform = transform
+        self.data = images[keep]  # (N, 8, 8) uint8
+        self.targets = [int(t) for t in bunch.target[keep]]
+        self.classes = [str(d) for d in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.data[index])  # uint8 (8, 8) -> mode 'L'
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+DATASETS.register(
+    "digits",
+    _DatasetEntry(
+        info=_fixed_info(DatasetInfo("digits", 1, 10, 8, DIGITS_MEAN, DIGITS_STD, hflip=False, crop_padding=1)),
+        build=lambda root, train, download, image_size, transform: DigitsDataset(train=train, transform=transform),
+        needs_root=False,
+        can_download=False,
+    ),
+)
+
+
+# --- folder: a directory of class subfolders ------------------------------------------------
+
+
+def load_rgb_image(path: str) -> Image.Image:
+    """ImageFolder loader: open any image (grayscale, RGBA, palette...) as RGB; DataError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # avoids Pillow's palette-transparency warning
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image file {path} (corrupt or not an image): delete or replace it") from exc
+
+
+def _is_class_dir(entry: os.DirEntry) -> bool:
+    return entry.is_dir() and not entry.name.startswith(".")
+
+
+def _class_dirs(directory: Path) -> list[str]:
+    """Sorted names of the class subfolders of ``directory`` (hidden folders are skipped)."""
+    with os.scandir(directory) as entries:
+        return sorted(e.name for e in entries if _is_class_dir(e))
+
+
+def _scan_images(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, label) of every image file under ``directory/<class>/``, in torchvision's order.
+
+    Files are recognised by ImageFolder's extensions, so README.txt and the like are ignored.
+    A class absent from ``directory`` is skipped (a val/ split may lack a rare class), but a class
+    folder that is present and holds no images is an error, named in the message.
+    """
+    samples: list[tuple[str, int]] = []
+    empty: list[Path] = []
+    for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
+        class_dir = directory / name
+        if not class_dir.is_dir():
+            continue
+        found = [
+            (os.path.join(dirpath, fname), label)
+            for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True))
+            for fname in sorted(fnames)
+            if tv_datasets.folder.has_file_allowed_extension(fname, tv_datasets.folder.IMG_EXTENSIONS)
+        ]
+        if not found:
+            empty.append(class_dir)
+        samples += found
+    if not samples:
+        extensions = " ".join(tv_datasets.folder.IMG_EXTENSIONS)
+        raise DataError(f"no image files found under {directory}: add images with one of the extensions {extensions}")
+    if empty:
+        raise DataError(
+            f"class folder {empty[0]} contains no images: add images (.jpg, .png, ...) or remove the folder"
+        )
+    return samples
+
+
+class _ClassFolder(tv_datasets.ImageFolder):
+    """torchvision's ImageFolder with a given class list (so val/ shares train/'s label indices).
+
+    Both hooks torchvision offers for this are overridden: ``find_classes`` returns the given
+    classes and ``make_dataset`` scans with :func:`_scan_images`, whose errors name the folder.
+    """
+
+    def __init__(self, root: str, classes: list[str], transform: Callable | None = None) -> None:
+        self._given_classes = list(classes)
+        super().__init__(root, transform=transform, loader=load_rgb_image)
+
+    def find_classes(self, directory):
+        return self._given_classes, {c: i for i, c in enumerate(self._given_classes)}
+
+    def make_dataset(self, directory, class_to_idx, *args, **kwargs):  # extensions etc. are fixed here
+        return _scan_images(Path(directory), class_to_idx)
+
+
+def _folder_dirs(root: Path) -> tuple[Path, Path | None]:
+    """(train dir, test dir or None) of a folder dataset rooted at ``root``."""
+    train_dir = root / "train"
+    if train_dir.is_dir():
+        for name in ("val", "test"):
+            if (root / name).is_dir():
+                return train_dir, root / name
+        return train_dir, None
+    return root, None
+
+
+def _folder_classes(root: Path) -> list[str]:
+    train_dir, test_dir = _folder_dirs(root)
+    skip = {"val", "test"} if train_dir == root else set()
+    classes = [c for c in _class_dirs(train_dir) if c not in skip]
+    if not classes:
+        raise DataError(
+            f"no class subfolders found in {train_dir}: the folder dataset needs one subfolder of images per class "
+            f"(e.g. {train_dir / 'cat'}/1.png)"
+        )
+    return classes
+
+
+def _folder_info(root: Path | None, image_size: int | None) -> DatasetInfo:
+    size = DEFAULT_FOLDER_SIZE if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"image size must be a positive integer, got {image_size!r}: pass e.g. --image-size 32")
+    classes = _folder_classes(root)
+    return DatasetInfo(
+        "folder",
+        3,
+        len(classes),
+        size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        hflip=True,
+        crop_padding=crop_padding_for(size),
+        resize=True,
+    )
+
+
+def _build_folder(root, train, download, image_size, transform):
+    classes = _folder_classes(root)
+    train_dir, test_dir = _folder_dirs(root)
+    if train:
+        directory = train_dir
+    else:
+        if test_dir is None:
+            raise DataError(
+                f"the folder dataset under {root} has no test split: put the training images in {root / 'train'} "
+                f"and the test images in {root / 'val'}, each with one subfolder per class"
+            )
+        directory = test_dir
+        extra = sorted(set(_class_dirs(test_dir)) - set(classes))
+        if extra:
+            raise DataError(
+                f"{test_dir} has class folders that {train_dir} lacks ({', '.join(extra)}): "
+                f"give both splits the same class subfolders"
+            )
+    return _ClassFolder(str(directory), classes, transform=transform)
+
+
+DATASETS.register(
+    "folder", _DatasetEntry(info=_folder_info, build=_build_folder, info_reads_root=True, can_download=False)
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Public lookup
+# --------------------------------------------------------------------------------------------
+
+
+def _entry_root(entry: _DatasetEntry, name: str, root, download: bool) -> Path | None:
+    if not entry.needs_root:
+        return None
+    path = _as_path(root, name)
+    _check_root(path, download and entry.can_download, entry.can_download)
+    return path
+
+
+def get_info(name: str, root: str | os.PathLike | None = None, image_size: int | None = None) -> DatasetInfo:
+    """Describe dataset ``name``; the folder dataset needs ``root`` to count its classes."""
+    entry = DATASETS.get(name)
+    path = _entry_root(entry, name, root, download=False) if entry.info_reads_root else None
+    return entry.info(path, image_size)
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    download: bool = False,
+    image_size: int | None = None,
+    transform: Callable | None = None,
+) -> tuple[Dataset, DatasetInfo]:
+    """Build the ``split`` ("train" or "test") of dataset ``name`` stored under ``root``.
+
+    Items are (image, label) pairs; without a ``transform`` the image is a PIL image.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: use 'train' or 'test'")
+    entry = DATASETS.get(name)
+    path = _entry_root(entry, name, root, download)
+    # Download first (build), then describe: the folder info reads the directory.
+    dataset = entry.build(path, split == "train", download and entry.can_download, image_size, transform)
+    info = entry.info(path, image_size)
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split of {name} under {path} is empty: check the files under --data")
+    return dataset, info
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms
+# --------------------------------------------------------------------------------------------
+
+
+class Cutout:
+    """Zero a random ``length`` x ``length`` square of a (C, H, W) tensor (DeVries & Taylor, 2017).
+
+    The square's centre is uniform over the image and the square is clipped at the borders, as in
+    the DARTS evaluation code. The centre is drawn from torch's RNG, so ``torch.manual_seed`` (and
+    the DataLoader's per-worker seeding) makes it reproducible.
+    """
+
+    def __init__(self, length: int) -> None:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ConfigError(f"cutout length must be a positive integer, got {length!r}: pass e.g. --cutout 16")
+        self.length = length
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        cy = int(torch.randint(height, (1,)))
+        cx = int(torch.randint(width, (1,)))
+        half = self.length // 2
+        y0, y1 = max(0, cy - half), min(height, cy + self.length - half)
+        x0, x1 = max(0, cx - half), min(width, cx + self.length - half)
+        image = image.clone()
+        image[..., y0:y1, x0:x1] = 0
+        return image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(length={self.length})"
+
+
+def build_transform(info: DatasetInfo, train: bool, cutout: int = 0) -> Callable:
+    """Image -> normalised (C, image_size, image_size) tensor.
+
+    Train: random crop with padding, horizontal flip where it preserves the label, normalise,
+    then cutout if ``cutout > 0``. Test: normalise only. Datasets with arbitrary image sizes are
+    resized to image_size x image_size first.
+    """
+    if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+        raise ConfigError(f"cutout length must be a non-negative integer, got {cutout!r}: pass e.g. --cutout 16")
+    size = info.image_size
+    steps: list[Callable] = []
+    if info.resize:
+        steps.append(T.Resize((size, size)))
+    if train:
+        steps.append(T.RandomCrop(size, padding=info.crop_padding))
+        if info.hflip:
+            steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
+    if train and cutout > 0:
+        steps.append(Cutout(cutout))
+    return T.Compose(steps)
+
+
+# --------------------------------------------------------------------------------------------
+# The weight / architecture split and the loaders
+# --------------------------------------------------------------------------------------------
+
+
+def split_indices(n: int, train_portion: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)`` into (weight half, architecture half).
+
+    A permutation drawn from ``torch.Generator().manual_seed(seed)``; its first
+    floor(train_portion * n) entries go to the weight half, the rest to the architecture half.
+    """
+    if isinstance(train_portion, bool) or not isinstance(train_portion, (int, float)) or not 0 < train_portion < 1:
+        raise ConfigError(
+            f"train portion must be strictly between 0 and 1, got {train_portion!r}: pass e.g. --train-portion 0.5"
+        )
+    if n < 0:
+        raise ConfigError(f"dataset size must be non-negative, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).tolist()
+    # The tiny epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 from losing an image.
+    k = math.floor(train_portion * n + 1e-9)
+    weight_idx, arch_idx = order[:k], order[k:]
+    if not weight_idx or not arch_idx:
+        raise DataError(
+            f"the dataset is too small for the split: {n} images with train portion {train_portion} leave "
+            f"{len(weight_idx)} for the weights and {len(arch_idx)} for the architecture; "
+            f"use more images or a train portion closer to 0.5"
+        )
+    return weight_idx, arch_idx
+
+
+class InfiniteLoader:
+    """Endless batches from a DataLoader, through one persistent iterator.
+
+    When a pass ends the next one starts at once (the DataLoader reshuffles from its own seeded
+    generator), so the architecture step can call ``next`` every step. ``next(iter(loader))`` per
+    step instead would restart the worker processes every step and draw each batch from a fresh
+    shuffle, so a pass would no longer visit every image once.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.passes = 0  # completed passes over the data
+        self._iterator = None
+
+    def __iter__(self) -> "InfiniteLoader":
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self.passes += 1
+            self._iterator = iter(self.loader)
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                raise DataError(
+                    "the architecture loader yields no batches: use more images or a smaller --batch-size"
+                ) from None
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed Python's and numpy's RNGs in a DataLoader worker from the seed torch gave it."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _check_loader_args(batch_size: int, workers: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}: pass e.g. --batch-size 64")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be a non-negative integer, got {workers!r}: pass e.g. --workers 2")
+
+
+def _make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    device_type: str | torch.device,
+    drop_last: bool = False,
+) -> DataLoader:
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"persistent_workers": True, "worker_init_fn": _seed_worker}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=torch.device(device_type).type == "cuda",
+        # Each loader owns its generator: the shuffle order and the workers' seeds come from it.
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
+    )
+
+
+class TransformedSubset(Dataset):
+    """``dataset[indices[i]]`` with ``transform`` applied to the image.
+
+    The two halves of the search share one copy of the train split (loaded once, untransformed)
+    and differ only in indices and transform.
+    """
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable | None) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, label = self.dataset[self.indices[index]]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+@dataclass
+class SearchData:
+    """The two halves of the training split used by the search."""
+
+    weight_loader: DataLoader  # one pass per epoch, shuffled, augmented
+    arch_loader: InfiniteLoader  # next() forever, shuffled, augmented, full batches
+    info: DatasetInfo
+    num_weight: int
+    num_arch: int
+    # One ordered pass over the architecture half without augmentation, to measure the
+    # supernet's validation loss/accuracy; search_data always sets it.
+    arch_eval_loader: DataLoader | None = None
+
+
+def search_data(
+    name: str,
+    root: str | os.PathLike | None,
+    batch_size: int,
+    train_portion: float = 0.5,
+    seed: int = 0,
+    workers: int = 0,
+    download: bool = False,
+    image_size: int | None = None,
+    device_type: str | torch.device = "cpu",
+) -> SearchData:
+    """Split the train split of ``name`` into a weight half and an architecture half, with loaders.
+
+    Both halves use the search-time augmentation (random crop, flip where valid, no cutout);
+    ``arch_eval_loader`` reads the architecture half with the test transform, in order.
+    The split, both shuffles and the workers' seeds derive from ``seed``.
+    """
+    _check_loader_args(batch_size, workers)
+    dataset, info = load_dataset(name, root, "train", download=download, image_size=image_size)
+    weight_idx, arch_idx = split_indices(len(dataset), train_portion, seed)
+    for half, idx in (("weight", weight_idx), ("architecture", arch_idx)):
+        if len(idx) < batch_size:
+            raise DataError(
+                f"the {half} half of {name} has {len(idx)} images but a batch needs {batch_size}: "
+                f"pass a smaller --batch-size (at most {min(len(weight_idx), len(arch_idx))}) or use more data"
+            )
+    augment = build_transform(info, train=True)
+    # A last batch of one image would break BatchNorm in training mode; drop it in that case only.
+    weight_loader = _make_loader(
+        TransformedSubset(dataset, weight_idx, augment), batch_size, True, seed + 1, workers, device_type,
+        drop_last=len(weight_idx) % batch_size == 1,
+    )
+    # Full batches only: the architecture step never sees a runt batch at the end of a pass.
+    arch_loader = _make_loader(
+        TransformedSubset(dataset, arch_idx, augment), batch_size, True, seed + 2, workers, device_type, drop_last=True
+    )
+    arch_eval_loader = _make_loader(
+        TransformedSubset(dataset, arch_idx, build_transform(info, train=False)),
+        batch_size,
+        False,
+        seed + 3,
+        workers,
+        device_type,
+    )
+    return SearchData(
+        weight_loader=weight_loader,
+        arch_loader=InfiniteLoader(arch_loader),
+        info=info,
+        num_weight=len(weight_idx),
+        num_arch=len(arch_idx),
+        arch_eval_loader=arch_eval_loader,
+    )
+
+
+@dataclass
+class TrainTestData:
+    """Loaders for retraining a genotype: augmented train split, plain test split."""
+
+    train_loader: DataLoader
+    test_loader: DataLoader
+    info: DatasetInfo
+    num_train: int
+    num_test: int
+
+
+def train_test_data(
+    name: str,
+    root: str | os.PathLike | None,
+    batch_size: int,
+    seed: int = 0,
+    workers: int = 0,
+    download: bool = False,
+    image_size: int | None = None,
+    cutout: int = 0,
+    device_type: str | torch.device = "cpu",
+) -> TrainTestData:
+    """Loaders over the full train split (augmentation + cutout, shuffled) and the test split."""
+    _check_loader_args(batch_size, workers)
+    info = get_info(name, root, image_size)
+    train_transform = build_transform(info, train=True, cutout=cutout)
+    train_set, info = load_dataset(name, root, "train", download, image_size, train_transform)
+    test_set, _ = load_dataset(name, root, "test", download, image_size, build_transform(info, train=False))
+    return TrainTestData(
+        train_loader=_make_loader(train_set, batch_size, True, seed + 1, workers, device_type,
+                                  drop_last=len(train_set) % batch_size == 1),
+        test_loader=_make_loader(test_set, batch_size, False, seed + 2, workers, device_type),
+        info=info,
+        num_train=len(train_set),
+        num_test=len(test_set),
+    )

@@ -1,0 +1,108 @@
+"""The loops: one plain function per loop, each returning a metrics dict."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DartsNasError
+
+
+class NonFiniteLossError(DartsNasError):
+    """The loss became NaN or infinite."""
+
+
+def _to(batch, device: torch.device):
+    x, y = batch
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_batches: Iterator,
+                     w_optimizer: torch.optim.Optimizer, *, device: torch.device, grad_clip: float,
+                     epoch: int, max_steps: int | None = None, report_every: int = 50,
+                     log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """One epoch of the alternating bilevel search.
+
+    Per step (REFERENCE section 3): an architecture step on the next batch of the architecture
+    half, then an SGD step on the weights with a batch of the weight half. ``xi`` of the
+    second-order step is the weights' learning rate of this epoch.
+    """
+    model.train()
+    weights = model.weights()
+    xi = w_optimizer.param_groups[0]["lr"]
+    total = len(weight_loader) if max_steps is None else min(max_steps, len(weight_loader))
+    # Sums stay on the device and are read only when reporting, so a GPU is not synchronised
+    # on every step.
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, arch loss, arch correct
+    seen = 0
+    start = time.perf_counter()
+    step = 0
+    for step, batch in enumerate(weight_loader, start=1):
+        if step > total:
+            step -= 1
+            break
+        x, y = _to(batch, device)
+        xv, yv = _to(next(arch_batches), device)
+        arch_out = architect.step((x, y), (xv, yv), xi)
+
+        w_optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
+                f"--learning-rate or --arch-learning-rate, or check the data for NaNs")
+        loss.backward(inputs=weights)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(weights, grad_clip)
+        w_optimizer.step()
+
+        with torch.no_grad():
+            n = y.numel()
+            sums += torch.stack([
+                loss.detach().double() * n,
+                (logits.argmax(1) == y).sum().double(),
+                arch_out["loss"].double() * yv.numel(),
+                (arch_out["logits"].argmax(1) == yv).sum().double(),
+            ])
+            seen += n
+        if log is not None and (step % report_every == 0 or step == total):
+            s = sums.tolist()
+            elapsed = time.perf_counter() - start
+            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
+                f"arch loss {s[2] / seen:.4f}  arch acc {100 * s[3] / seen:.2f}%  "
+                f"{elapsed / step:.3f} s/step")
+    s = sums.tolist()
+    seen = max(seen, 1)
+    return {
+        "train_loss": s[0] / seen,
+        "train_acc": 100.0 * s[1] / seen,
+        "arch_loss": s[2] / seen,
+        "arch_acc": 100.0 * s[3] / seen,
+        "steps": step,
+        "lr": xi,
+        "epoch_time": time.perf_counter() - start,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
+    """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    for batch in loader:
+        x, y = _to(batch, device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum().double()
+        seen += y.numel()
+    model.train(was_training)
+    seen = max(seen, 1)
+    return {"loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}

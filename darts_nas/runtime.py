@@ -1,0 +1,103 @@
+"""What every run needs before it starts: a device, seeds, and a run directory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ConfigError, RunDirError
+
+FINISHED_MARKER = "summary.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} was requested but PyTorch sees no CUDA GPU here: "
+                              f"use --device cpu (or auto), or install a CUDA build of torch")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name} does not exist: this machine has "
+                              f"{torch.cuda.device_count()} GPU(s), numbered from 0")
+        return device
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
+                    owned_files: tuple[str, ...]) -> Path:
+    """Create (or reuse) the run directory, refusing to clobber an earlier run silently.
+
+    With ``overwrite`` the files a run writes (``owned_files``) are removed first; anything else a
+    user keeps in the directory is left alone.
+    """
+    if out is None:
+        out = os.path.join("runs", f"{kind}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--out {path} is a file, not a directory: choose another --out")
+    if path.is_dir() and not overwrite:
+        if (path / FINISHED_MARKER).exists():
+            raise RunDirError(f"{path} already holds a finished {kind} run: choose another --out, "
+                              f"or pass --overwrite to replace it")
+        if (path / "config.json").exists():
+            raise RunDirError(f"{path} already holds an unfinished {kind} run: choose another --out, "
+                              f"or pass --overwrite to start it again")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"cannot write to the output directory {path} ({exc.strerror}): "
+                          f"choose a writable --out") from None
+    if overwrite:
+        for name in owned_files:
+            target = path / name
+            if target.is_file():
+                target.unlink()
+    return path
+
+
+def git_commit() -> str | None:
+    """The commit of the darts-nas checkout in use, if it is one."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "darts_nas_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

@@ -1,0 +1,123 @@
+"""``run(config)``: a whole DARTS search, from data to the final genotype.
+
+The run directory receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
+``history.jsonl`` (genotype and softmaxed alphas per epoch), ``genotype.json`` (the latest, and at
+the end the final genotype), ``checkpoint.pt``, ``log.txt`` and, once the search has finished,
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+
+from .architect import METHODS
+from .checkpoint import atomic_write_text, save_checkpoint
+from .config import SearchConfig
+from .data import search_data
+from .engine import evaluate, search_one_epoch
+from .runtime import FINISHED_MARKER, environment, prepare_run_dir, resolve_device, seed_everything
+from .supernet import SEARCH_SPACES
+from .tracking import RunLog
+
+RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
+             "log.txt", FINISHED_MARKER)
+
+
+def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
+    return {
+        "normal": torch.softmax(model.alphas_normal.detach().float().cpu(), -1).tolist(),
+        "reduce": torch.softmax(model.alphas_reduce.detach().float().cpu(), -1).tolist(),
+    }
+
+
+def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
+    """Run the search described by ``config``; returns the summary also written to summary.json."""
+    device = resolve_device(config.device)
+    SEARCH_SPACES.get(config.space)
+    METHODS.get(config.method)
+    # Data first: a missing dataset should fail before anything is written.
+    data = search_data(config.dataset, config.data, config.batch_size, config.train_portion,
+                       seed=config.seed, workers=config.workers, download=config.download,
+                       image_size=config.image_size, device_type=device.type)
+    info = data.info
+    out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES)
+    config = config.replace(out=str(out))
+    log = RunLog(out, quiet=quiet)
+    try:
+        return _search(config, data, device, log)
+    finally:
+        log.close()
+
+
+def _search(config: SearchConfig, data, device: torch.device, log: RunLog) -> dict[str, Any]:
+    out = log.out
+    info = data.info
+    seed_everything(config.seed)
+    model = SEARCH_SPACES.get(config.space)(
+        C=config.init_channels, num_classes=info.num_classes, layers=config.layers,
+        steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives,
+    ).to(device)
+    w_optimizer = torch.optim.SGD(model.weights(), lr=config.learning_rate, momentum=config.momentum,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
+    architect = METHODS.get(config.method)(
+        model, w_optimizer, lr=config.arch_learning_rate, betas=config.arch_betas,
+        weight_decay=config.arch_weight_decay, unrolled=config.unrolled)
+
+    n_weights = sum(p.numel() for p in model.weights())
+    atomic_write_text(out / "config.json", json.dumps({
+        "config": config.to_dict(),
+        "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                    "image_size": info.image_size, "weight_half": data.num_weight, "arch_half": data.num_arch},
+        "model": {"weights": n_weights, "arch_parameters": sum(a.numel() for a in model.arch_parameters())},
+        "environment": environment(device),
+    }, indent=2, sort_keys=True))
+    order = "second order (unrolled)" if config.unrolled else "first order"
+    log.info(f"DARTS search, {order}, on {info.name} ({data.num_weight} weight / {data.num_arch} "
+             f"architecture images, {info.in_channels}x{info.image_size}x{info.image_size}, "
+             f"{info.num_classes} classes), {device}, {n_weights:,} weights -> {out}")
+
+    start = time.perf_counter()
+    arch_eval = {"loss": float("nan"), "acc": float("nan")}
+    genotype = model.genotype()
+    for epoch in range(config.epochs):
+        metrics = search_one_epoch(
+            model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
+            grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
+            report_every=config.report_every, log=log.info)
+        arch_eval = evaluate(model, data.arch_eval_loader, device)
+        scheduler.step()
+        genotype = model.genotype()
+        record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
+                  "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
+                  "elapsed": time.perf_counter() - start}
+        log.append_jsonl("metrics.jsonl", record)
+        log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
+                                           "primitives": list(config.primitives),
+                                           "alphas": softmaxed_alphas(model)})
+        genotype.save(out / "genotype.json")
+        save_checkpoint(out / "checkpoint.pt", {
+            "kind": "search", "epoch": epoch + 1, "config": config.to_dict(),
+            "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
+            "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        })
+        log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
+                 f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
+                 f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s")
+        log.info(f"  genotype: {genotype}")
+
+    genotype.save(out / "genotype.json")
+    summary = {
+        "finished": True, "epochs": config.epochs, "genotype": genotype.to_dict(),
+        "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
+        "wall_time": time.perf_counter() - start, "out": str(out),
+    }
+    atomic_write_text(out / FINISHED_MARKER, json.dumps(summary, indent=2, sort_keys=True))
+    log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
+             f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
+    return summary
