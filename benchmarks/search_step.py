@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Time one search step (architecture step + weight step) of the DARTS supernet.
+
+Random inputs, after warm-up; reports the median over ``--steps`` timed steps, a per-phase
+breakdown (architecture step, weight forward, weight backward + update) and peak memory (CPU: peak
+RSS of this process, so run one setting per process; CUDA: max allocated). The last line printed
+is one JSON object with every number.
+
+    python benchmarks/search_step.py --batch-size 16 --init-channels 8 --layers 5 --steps 5 --unrolled --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from darts_nas.architect import Architect  # noqa: E402
+from darts_nas.runtime import resolve_device  # noqa: E402
+from darts_nas.supernet import Supernet  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--init-channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--unrolled", action="store_true", help="second-order architecture step")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    return p.parse_args(argv)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    model = Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
+                     steps=args.nodes, in_channels=args.in_channels).to(device)
+    w_opt = torch.optim.SGD(model.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    architect = Architect(model, w_opt, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, unrolled=args.unrolled)
+    shape = (args.batch_size, args.in_channels, args.image_size, args.image_size)
+
+    def batch():
+        return (torch.randn(shape, device=device), torch.randint(0, args.classes, (args.batch_size,), device=device))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    weights = model.weights()
+    phases = {"arch_step": [], "weight_forward": [], "weight_backward_update": [], "step": []}
+    model.train()
+    for i in range(args.warmup + args.steps):
+        train, val = batch(), batch()
+        if i == args.warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync()
+        t0 = time.perf_counter()
+        architect.step(train, val, xi=0.025)
+        sync()
+        t1 = time.perf_counter()
+        w_opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(train[0]), train[1])
+        sync()
+        t2 = time.perf_counter()
+        loss.backward(inputs=weights)
+        torch.nn.utils.clip_grad_norm_(weights, 5.0)
+        w_opt.step()
+        sync()
+        t3 = time.perf_counter()
+        if i >= args.warmup:
+            phases["arch_step"].append(t1 - t0)
+            phases["weight_forward"].append(t2 - t1)
+            phases["weight_backward_update"].append(t3 - t2)
+            phases["step"].append(t3 - t0)
+
+    result = {
+        "benchmark": "search_step",
+        "order": "second" if args.unrolled else "first",
+        "batch_size": args.batch_size, "init_channels": args.init_channels, "layers": args.layers,
+        "nodes": args.nodes, "image_size": args.image_size,
+        "device": str(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "steps": args.steps,
+        "median_s": {k: statistics.median(v) for k, v in phases.items()},
+        "all_step_s": phases["step"],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if device.type == "cuda":
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["gpu"] = torch.cuda.get_device_name(device)
+    if not args.json:
+        m = result["median_s"]
+        print(f"{result['order']} order, batch {args.batch_size}, C={args.init_channels}, {args.layers} cells, "
+              f"{args.image_size}x{args.image_size} on {device}: {m['step']:.3f} s/step "
+              f"(arch {m['arch_step']:.3f}, weight fwd {m['weight_forward']:.3f}, "
+              f"weight bwd+update {m['weight_backward_update']:.3f}), peak RSS {result['peak_rss_mb']:.0f} MB")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
