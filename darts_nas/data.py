@@ -7,7 +7,8 @@ CIFAR-10). The test split is used only when a derived genotype is retrained from
 Every dataset is looked up by name in :data:`DATASETS`. Each entry knows its
 :class:`DatasetInfo` (channels, classes, size, normalisation, which augmentations are valid) and
 how to build its train/test datasets, using torchvision's own dataset classes for the standard
-benchmarks, ``ImageFolder`` for a directory of class subfolders, and scikit-learn's bundled 8x8
+benchmarks, ``ImageFolder`` for a directory of class subfolders (``folder``, and ``imagenet`` for
+ILSVRC-2012 laid out as ``train/`` and ``val/`` class folders), and scikit-learn's bundled 8x8
 digits for a quick start that needs no download. Files are checked before torchvision is asked
 to read them, so a missing or corrupt dataset is a one-sentence :class:`DataError` that says how
 to get it, never a torchvision traceback.
@@ -65,6 +66,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = (0.3055,), (0.3760,)
 
 DEFAULT_FOLDER_SIZE = 32
+DEFAULT_IMAGENET_SIZE = 224
+IMAGENET_CLASSES = 1000  # ILSVRC-2012; what get_info reports when no directory is given
+
+# How the images are augmented, chosen by DatasetInfo.augment (see build_transform):
+#   "crop"      the DARTS CIFAR recipe: random crop with zero padding, optional flip
+#   "imagenet"  the DARTS ImageNet recipe: random resized crop, flip, colour jitter; the test
+#               images are resized to 256/224 of the size and centre-cropped
+AUGMENTATIONS = ("crop", "imagenet")
 
 
 def crop_padding_for(image_size: int) -> int:
@@ -83,8 +92,15 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hflip: bool  # is a horizontal flip label-preserving? (not for digits)
-    crop_padding: int
-    resize: bool = False  # images come in arbitrary sizes and must be resized to image_size first
+    crop_padding: int  # zero padding of the random crop (augment "crop" only)
+    # Images come in arbitrary sizes and must be resized to image_size first (augment "crop"
+    # prepends a Resize; the "imagenet" recipe's crops resize by themselves).
+    resize: bool = False
+    augment: str = "crop"  # one of AUGMENTATIONS
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {self.augment!r}: use one of {', '.join(AUGMENTATIONS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,8 +114,11 @@ def _as_path(root: str | os.PathLike | None, name: str) -> Path:
     return Path(os.path.expanduser(os.fspath(root)))
 
 
-def _check_root(root: Path, download: bool, can_download: bool = False) -> None:
-    """``root`` must be a directory; with ``download`` it is created (torchvision does the same)."""
+def _check_root(root: Path, download: bool, can_download: bool = False, fix: str | None = None) -> None:
+    """``root`` must be a directory; with ``download`` it is created (torchvision does the same).
+
+    ``fix`` replaces the generic advice when the directory is missing (the imagenet layout).
+    """
     if download and not root.exists():
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -107,11 +126,12 @@ def _check_root(root: Path, download: bool, can_download: bool = False) -> None:
             raise DataError(
                 f"cannot create the data directory {root} ({exc.strerror}): point --data at a writable directory"
             ) from None
-    if not root.exists():
+    if fix is None:
         fix = FETCH_HINT if can_download else "point --data at the directory that holds the dataset"
+    if not root.exists():
         raise DataError(f"data directory {root} does not exist: {fix}")
     if not root.is_dir():
-        raise DataError(f"data path {root} is not a directory: point --data at the directory that holds the dataset")
+        raise DataError(f"data path {root} is not a directory: {fix}")
 
 
 FETCH_HINT = "pass --download to fetch it, or point --data at the directory that holds it"
@@ -184,7 +204,11 @@ class _DatasetEntry:
     build: Callable[[Path | None, bool, bool, int | None, Callable | None], Dataset]
     needs_root: bool = True  # the files live under --data (all but digits)
     info_reads_root: bool = False  # the info depends on the files (folder: number of classes)
+    # Without a root the info is that of the full dataset, read from no file (imagenet: 1000
+    # classes), so a network can be built and sized before any data is present.
+    info_root_optional: bool = False
     can_download: bool = True  # download=True fetches the files (torchvision datasets only)
+    missing_root_fix: str | None = None  # advice when the root is missing, if not the generic one
 
 
 DATASETS: Registry[_DatasetEntry] = Registry("dataset")
@@ -195,7 +219,7 @@ def _fixed_info(info: DatasetInfo) -> Callable[[Path | None, int | None], Datase
         if image_size is not None and image_size != info.image_size:
             raise ConfigError(
                 f"the {info.name} dataset has {info.image_size}x{info.image_size} images, not {image_size}: "
-                f"drop the image size setting (it only applies to the folder dataset)"
+                f"drop the image size setting (it only applies to the folder and imagenet datasets)"
             )
         return info
 
@@ -431,10 +455,17 @@ def _folder_classes(root: Path) -> list[str]:
     return classes
 
 
-def _folder_info(root: Path | None, image_size: int | None) -> DatasetInfo:
-    size = DEFAULT_FOLDER_SIZE if image_size is None else image_size
+def _image_size(image_size: int | None, default: int) -> int:
+    size = default if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"image size must be a positive integer, got {image_size!r}: pass e.g. --image-size 32")
+        raise ConfigError(
+            f"image size must be a positive integer, got {image_size!r}: pass e.g. --image-size {default}"
+        )
+    return size
+
+
+def _folder_info(root: Path | None, image_size: int | None) -> DatasetInfo:
+    size = _image_size(image_size, DEFAULT_FOLDER_SIZE)
     classes = _folder_classes(root)
     return DatasetInfo(
         "folder",
@@ -449,29 +480,100 @@ def _folder_info(root: Path | None, image_size: int | None) -> DatasetInfo:
     )
 
 
+def _class_folder_test_split(train_dir: Path, test_dir: Path, classes: list[str], transform) -> Dataset:
+    """The test split in ``test_dir``, labelled with the class indices of ``train_dir``."""
+    extra = sorted(set(_class_dirs(test_dir)) - set(classes))
+    if extra:
+        raise DataError(
+            f"{test_dir} has class folders that {train_dir} lacks ({', '.join(extra)}): "
+            f"give both splits the same class subfolders"
+        )
+    return _ClassFolder(str(test_dir), classes, transform=transform)
+
+
 def _build_folder(root, train, download, image_size, transform):
     classes = _folder_classes(root)
     train_dir, test_dir = _folder_dirs(root)
     if train:
-        directory = train_dir
-    else:
-        if test_dir is None:
-            raise DataError(
-                f"the folder dataset under {root} has no test split: put the training images in {root / 'train'} "
-                f"and the test images in {root / 'val'}, each with one subfolder per class"
-            )
-        directory = test_dir
-        extra = sorted(set(_class_dirs(test_dir)) - set(classes))
-        if extra:
-            raise DataError(
-                f"{test_dir} has class folders that {train_dir} lacks ({', '.join(extra)}): "
-                f"give both splits the same class subfolders"
-            )
-    return _ClassFolder(str(directory), classes, transform=transform)
+        return _ClassFolder(str(train_dir), classes, transform=transform)
+    if test_dir is None:
+        raise DataError(
+            f"the folder dataset under {root} has no test split: put the training images in {root / 'train'} "
+            f"and the test images in {root / 'val'}, each with one subfolder per class"
+        )
+    return _class_folder_test_split(train_dir, test_dir, classes, transform)
 
 
 DATASETS.register(
     "folder", _DatasetEntry(info=_folder_info, build=_build_folder, info_reads_root=True, can_download=False)
+)
+
+
+# --- imagenet: ILSVRC-2012 as train/ and val/ class folders ---------------------------------
+
+IMAGENET_LAYOUT = "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG"
+IMAGENET_FIX = (
+    f"point --data at a directory laid out as {IMAGENET_LAYOUT} "
+    f"(ILSVRC-2012 from image-net.org, with the validation images sorted into class folders)"
+)
+
+
+def _imagenet_dir(root: Path, split: str) -> Path:
+    """``root/train`` or ``root/val``; DataError naming the layout if it is not a directory."""
+    directory = root / split
+    if not directory.is_dir():
+        images = "training" if split == "train" else "validation"
+        raise DataError(f"ImageNet {images} images not found under {root} (expected {directory}): {IMAGENET_FIX}")
+    return directory
+
+
+def _imagenet_classes(root: Path) -> list[str]:
+    train_dir = _imagenet_dir(root, "train")
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise DataError(f"no class subfolders found in {train_dir} (e.g. n01440764/): {IMAGENET_FIX}")
+    return classes
+
+
+def _imagenet_info(root: Path | None, image_size: int | None) -> DatasetInfo:
+    size = _image_size(image_size, DEFAULT_IMAGENET_SIZE)
+    num_classes = IMAGENET_CLASSES if root is None else len(_imagenet_classes(root))
+    return DatasetInfo(
+        "imagenet",
+        3,
+        num_classes,
+        size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        hflip=True,
+        crop_padding=crop_padding_for(size),
+        resize=True,
+        augment="imagenet",
+    )
+
+
+def _build_imagenet(root, train, download, image_size, transform):
+    classes = _imagenet_classes(root)
+    train_dir = root / "train"
+    if train:
+        return _ClassFolder(str(train_dir), classes, transform=transform)
+    val_dir = _imagenet_dir(root, "val")
+    if not _class_dirs(val_dir):
+        # The official archive unpacks val/ flat (50,000 images in one folder), which reads as no classes.
+        raise DataError(f"no class subfolders found in {val_dir}: {IMAGENET_FIX}")
+    return _class_folder_test_split(train_dir, val_dir, classes, transform)
+
+
+DATASETS.register(
+    "imagenet",
+    _DatasetEntry(
+        info=_imagenet_info,
+        build=_build_imagenet,
+        info_reads_root=True,
+        info_root_optional=True,
+        can_download=False,
+        missing_root_fix=IMAGENET_FIX,
+    ),
 )
 
 
@@ -484,15 +586,22 @@ def _entry_root(entry: _DatasetEntry, name: str, root, download: bool) -> Path |
     if not entry.needs_root:
         return None
     path = _as_path(root, name)
-    _check_root(path, download and entry.can_download, entry.can_download)
+    _check_root(path, download and entry.can_download, entry.can_download, entry.missing_root_fix)
     return path
 
 
 def get_info(name: str, root: str | os.PathLike | None = None, image_size: int | None = None) -> DatasetInfo:
-    """Describe dataset ``name``; the folder dataset needs ``root`` to count its classes."""
+    """Describe dataset ``name``.
+
+    Datasets with fixed info never read ``root``. The folder dataset needs ``root`` to count its
+    classes; imagenet counts them under ``root/train`` when ``root`` is given and otherwise
+    reports the 1000 ILSVRC-2012 classes without touching the disk.
+    """
     entry = DATASETS.get(name)
-    path = _entry_root(entry, name, root, download=False) if entry.info_reads_root else None
-    return entry.info(path, image_size)
+    no_root = root is None or str(root) == ""
+    if not entry.info_reads_root or (no_root and entry.info_root_optional):
+        return entry.info(None, image_size)
+    return entry.info(_entry_root(entry, name, root, download=False), image_size)
 
 
 def load_dataset(
@@ -553,22 +662,37 @@ class Cutout:
 
 
 def build_transform(info: DatasetInfo, train: bool, cutout: int = 0) -> Callable:
-    """Image -> normalised (C, image_size, image_size) tensor.
+    """Image -> normalised (C, image_size, image_size) tensor, by ``info.augment``.
 
-    Train: random crop with padding, horizontal flip where it preserves the label, normalise,
-    then cutout if ``cutout > 0``. Test: normalise only. Datasets with arbitrary image sizes are
-    resized to image_size x image_size first.
+    "crop" (DARTS on CIFAR). Train: random crop with padding, horizontal flip where it preserves
+    the label, normalise. Test: normalise only. Datasets with arbitrary image sizes are resized
+    to image_size x image_size first.
+
+    "imagenet" (DARTS on ImageNet, mobile setting). Train: random resized crop to image_size,
+    flip, colour jitter (0.4, 0.4, 0.4, 0.2), normalise. Test: resize the short side to
+    image_size * 256/224 (256 for 224), centre crop, normalise.
+
+    Either way, cutout (if ``cutout > 0``) follows the normalisation of the train images.
     """
     if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
         raise ConfigError(f"cutout length must be a non-negative integer, got {cutout!r}: pass e.g. --cutout 16")
     size = info.image_size
     steps: list[Callable] = []
-    if info.resize:
-        steps.append(T.Resize((size, size)))
-    if train:
-        steps.append(T.RandomCrop(size, padding=info.crop_padding))
-        if info.hflip:
-            steps.append(T.RandomHorizontalFlip())
+    if info.augment == "imagenet":
+        if train:
+            steps.append(T.RandomResizedCrop(size))
+            if info.hflip:
+                steps.append(T.RandomHorizontalFlip())
+            steps.append(T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2))
+        else:
+            steps += [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    else:
+        if info.resize:
+            steps.append(T.Resize((size, size)))
+        if train:
+            steps.append(T.RandomCrop(size, padding=info.crop_padding))
+            if info.hflip:
+                steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
     if train and cutout > 0:
         steps.append(Cutout(cutout))

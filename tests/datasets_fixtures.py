@@ -173,3 +173,34 @@ def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, s
             paths.append(path)
     (Path(root) / classes[0] / "README.txt").write_text("not an image\n")
     return paths
+
+
+def write_imagenet(
+    root: Path,
+    classes=("n01440764", "n01443537", "n01484850"),
+    per_class: int = 3,
+    splits=("train", "val"),
+    seed: int = 0,
+) -> dict[str, list[Path]]:
+    """``root/<split>/<wnid>/*.JPEG``: RGB JPEGs of odd, unequal sizes (37x41, 50x29, 23x64, ...).
+
+    A grayscale JPEG (as some real ImageNet files are) comes third in each class, and
+    ``root/<split>/LOC_synset_mapping.txt`` is a non-image file to ignore. Returns the paths per split.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = [(37, 41), (50, 29), (23, 64)]  # (width, height)
+    out: dict[str, list[Path]] = {}
+    for split in splits:
+        paths = []
+        for c in classes:
+            folder = Path(root) / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                w, h = sizes[i % len(sizes)]
+                shape = (h, w) if i % 3 == 2 else (h, w, 3)
+                path = folder / f"{c}_{i}.JPEG"
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+                paths.append(path)
+        (Path(root) / split / "LOC_synset_mapping.txt").write_text("n01440764 tench\n")
+        out[split] = paths
+    return out

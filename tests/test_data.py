@@ -51,6 +51,13 @@ def cifar10(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def imagenet(tmp_path):
+    root = tmp_path / "ilsvrc"
+    fx.write_imagenet(root)
+    return root
+
+
+@pytest.fixture
 def folder(tmp_path):
     root = tmp_path / "imgs"
     fx.write_image_folder(root / "train", per_class=5)
@@ -64,7 +71,9 @@ def folder(tmp_path):
 
 
 def test_registry_lists_every_dataset():
-    assert set(DATASETS.names()) == {"cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "folder", "digits"}
+    assert set(DATASETS.names()) == {
+        "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "folder", "digits", "imagenet"
+    }
     with pytest.raises(ConfigError, match="cifar10.*digits|digits.*cifar10"):
         get_info("imagenet-22k")
 
@@ -90,7 +99,13 @@ def test_static_info(name, channels, classes, size, hflip, padding):
     assert (info.name, info.in_channels, info.num_classes, info.image_size) == (name, channels, classes, size)
     assert (info.hflip, info.crop_padding) == (hflip, padding)
     assert len(info.mean) == len(info.std) == channels
-    assert not info.resize
+    assert not info.resize and info.augment == "crop"
+    assert get_info(name, root=None) == info
+
+
+def test_unknown_augmentation():
+    with pytest.raises(ConfigError, match="crop, imagenet"):
+        DatasetInfo("t", 3, 10, 4, (0.5,) * 3, (0.5,) * 3, hflip=True, crop_padding=1, augment="autoaugment")
 
 
 def test_image_size_only_for_folder():
@@ -207,6 +222,112 @@ def test_folder_test_split_under_test_dir(tmp_path):
     fx.write_image_folder(tmp_path / "test", classes=("cat",), per_class=1)
     ds, _ = load_dataset("folder", tmp_path, "test")
     assert len(ds) == 1 and ds.targets == [0]
+
+
+def test_imagenet_info_without_root_reads_no_files(monkeypatch):
+    def no_disk(*args, **kwargs):
+        raise AssertionError("get_info touched the disk")
+
+    monkeypatch.setattr(data, "_class_dirs", no_disk)
+    monkeypatch.setattr(data, "_check_root", no_disk)
+    info = get_info("imagenet")
+    assert (info.in_channels, info.num_classes, info.image_size) == (3, 1000, 224)
+    assert (info.mean, info.std) == (data.IMAGENET_MEAN, data.IMAGENET_STD)
+    assert info.hflip and info.augment == "imagenet"
+    assert get_info("imagenet", root=None, image_size=64).image_size == 64
+
+
+def test_imagenet_dataset(imagenet):
+    (imagenet / "train" / ".cache").mkdir()  # hidden folders are not classes
+    info = get_info("imagenet", imagenet, image_size=32)
+    assert (info.in_channels, info.num_classes, info.image_size, info.augment) == (3, 3, 32, "imagenet")
+    assert get_info("imagenet", imagenet).image_size == 224  # default size
+    train, info2 = load_dataset("imagenet", imagenet, "train", image_size=32, transform=build_transform(info, True))
+    assert info2 == info
+    assert len(train) == 9  # LOC_synset_mapping.txt is ignored
+    assert train.classes == ["n01440764", "n01443537", "n01484850"]
+    assert sorted(set(train.targets)) == [0, 1, 2]
+    torch.manual_seed(0)
+    for i in range(len(train)):  # odd-sized RGB and grayscale JPEGs all come out RGB 32x32
+        assert train[i][0].shape == (3, 32, 32)
+    test, _ = load_dataset("imagenet", imagenet, "test", image_size=32, transform=build_transform(info, False))
+    assert len(test) == 9 and test[0][0].shape == (3, 32, 32)
+    assert test.class_to_idx == train.class_to_idx
+
+
+def test_imagenet_val_uses_train_class_indices(tmp_path):
+    root = tmp_path / "ilsvrc"
+    fx.write_imagenet(root, splits=("train",))
+    fx.write_imagenet(root, classes=("n01484850",), per_class=2, splits=("val",), seed=1)  # only the third class
+    test, info = load_dataset("imagenet", root, "test")
+    assert info.num_classes == 3  # counted from train/
+    assert test.targets == [2, 2]
+    fx.write_imagenet(root / "extra", classes=("n99999999",), per_class=1, splits=("val",))
+    (root / "extra" / "val" / "n99999999").rename(root / "val" / "n99999999")
+    with pytest.raises(DataError, match="n99999999"):
+        load_dataset("imagenet", root, "test")
+
+
+def test_imagenet_transforms(imagenet):
+    steps = lambda t: [type(s).__name__ for s in t.transforms]  # noqa: E731
+    info = get_info("imagenet", imagenet, image_size=32)
+    train = build_transform(info, train=True)
+    assert steps(train) == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "ToTensor", "Normalize"]
+    assert train.transforms[0].size == (32, 32)
+    jitter = train.transforms[2]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+        (0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.2, 0.2)
+    )
+    test = build_transform(info, train=False)
+    assert steps(test) == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert test.transforms[0].size == 37 and test.transforms[1].size == (32, 32)  # round(32 * 256 / 224)
+    full = build_transform(get_info("imagenet"), train=False)
+    assert full.transforms[0].size == 256 and full.transforms[1].size == (224, 224)
+    assert steps(build_transform(info, True, cutout=8))[-1] == "Cutout"
+    assert "Cutout" not in steps(build_transform(info, False, cutout=8))
+    image = Image.new("RGB", (41, 37))
+    assert test(image).shape == train(image).shape == (3, 32, 32)
+
+
+def test_imagenet_test_transform_is_deterministic(imagenet):
+    info = get_info("imagenet", imagenet, image_size=32)
+    test, _ = load_dataset("imagenet", imagenet, "test", image_size=32, transform=build_transform(info, False))
+    assert torch.equal(test[4][0], test[4][0])
+
+
+def test_imagenet_missing_layout(tmp_path, imagenet):
+    layout = r"<root>/train/<class>/\*\.JPEG and <root>/val/<class>/\*\.JPEG"
+    with pytest.raises(DataError, match=f"does not exist.*{layout}"):
+        get_info("imagenet", tmp_path / "nope")
+    with pytest.raises(DataError, match=f"does not exist.*{layout}"):
+        load_dataset("imagenet", tmp_path / "nope", "train")
+    with pytest.raises(ConfigError, match="--data"):
+        load_dataset("imagenet", None, "train")
+    no_train = tmp_path / "no_train"
+    fx.write_imagenet(no_train, splits=("val",))
+    with pytest.raises(DataError, match=f"training images not found.*train.*{layout}"):
+        get_info("imagenet", no_train)
+    with pytest.raises(DataError, match=f"training images not found.*{layout}"):
+        load_dataset("imagenet", no_train, "test")
+    for item in (imagenet / "val").iterdir():  # only the split's own error remains
+        if item.is_dir():
+            for f in item.iterdir():
+                f.unlink()
+            item.rmdir()
+        else:
+            item.unlink()
+    (imagenet / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")  # the archive's flat val/
+    with pytest.raises(DataError, match=f"no class subfolders.*val.*{layout}"):
+        load_dataset("imagenet", imagenet, "test")
+    (imagenet / "val" / "ILSVRC2012_val_00000001.JPEG").unlink()
+    (imagenet / "val").rmdir()
+    ds, _ = load_dataset("imagenet", imagenet, "train")  # train alone still works
+    assert len(ds) == 9
+    with pytest.raises(DataError, match=f"validation images not found.*val.*{layout}") as caught:
+        load_dataset("imagenet", imagenet, "test")
+    assert str(caught.value).count(". ") == 0  # one sentence
+    with pytest.raises(DataError, match=layout):
+        train_test_data("imagenet", imagenet, batch_size=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,6 +652,20 @@ def test_train_test_data():
     a = torch.cat([x for x, _ in tt.test_loader])
     b = torch.cat([x for x, _ in tt.test_loader])
     assert torch.equal(a, b)
+
+
+def test_train_test_data_on_imagenet(imagenet):
+    tt = train_test_data("imagenet", imagenet, batch_size=4, image_size=32, cutout=8)
+    assert (tt.num_train, tt.num_test, tt.info.num_classes) == (9, 9, 3)
+    x, y = next(iter(tt.train_loader))
+    assert x.shape == (4, 3, 32, 32) and int(y.max()) < 3
+    assert [type(s).__name__ for s in tt.train_loader.dataset.transform.transforms][0] == "RandomResizedCrop"
+    assert tt.train_loader.dataset.transform.transforms[-1].length == 8
+    assert [type(s).__name__ for s in tt.test_loader.dataset.transform.transforms][:2] == ["Resize", "CenterCrop"]
+    a = torch.cat([x for x, _ in tt.test_loader])
+    assert a.shape == (9, 3, 32, 32)
+    assert torch.equal(a, torch.cat([x for x, _ in tt.test_loader]))
+    assert torch.cat([y for _, y in tt.test_loader]).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_train_test_data_needs_a_test_split(tmp_path):
