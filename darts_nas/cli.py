@@ -1,4 +1,4 @@
-"""Command-line entry points: ``train_search.py`` and the ``darts-search`` console script.
+"""Command-line entry points: ``train_search.py`` / ``darts-search`` and ``train_final.py`` / ``darts-train``.
 
 Flags are dashed; the original DARTS code's underscore spellings (``--batch_size``,
 ``--init_channels``, ``--save``, ...) are accepted as aliases.
@@ -115,5 +115,101 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(search_main())
+
+def build_train_parser() -> argparse.ArgumentParser:
+    from .config import PROTOCOLS
+
+    p = argparse.ArgumentParser(
+        description="Retrain a genotype from scratch: build the network that stacks its cell and train it "
+                    "under the DARTS paper's CIFAR or ImageNet (mobile) protocol, reporting test accuracy, "
+                    "parameters and multiply-adds. Every protocol setting can be overridden by its flag; "
+                    "flags without a default shown take the protocol's value.",
+    )
+    p.add_argument(*_flag("--cell", "--arch"), required=True,
+                   help="the genotype: a JSON file, a search run directory, a name from cells/ "
+                        "(darts_v2, pdarts, ...; case-insensitive) or genotype text")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cifar",
+                   help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default); "
+                        "imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing 0.1")
+    p.add_argument("--compare", action="append", default=[], metavar="CELL",
+                   help="also train this cell under identical settings (in <out>/compare-<name>) and print "
+                        "both results side by side; repeatable")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help="cifar10 (cifar protocol), imagenet (imagenet protocol: train/ and val/ class folders), "
+                        "cifar100, mnist, fashion-mnist, svhn, folder, digits")
+    g.add_argument("--data", default="data", help="directory that holds the dataset")
+    g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
+    g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=None,
+                   help="image side for folder (default 32) and imagenet (default 224) datasets")
+    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+
+    g = p.add_argument_group("network")
+    g.add_argument("--network", default=None, help="network kind: cifar or imagenet (default: the protocol's)")
+    g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=None, help="channels C of the first cell")
+    g.add_argument("--layers", type=int, default=None, help="number of cells")
+    g.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=None,
+                   help="auxiliary head after the second reduction cell (on in both protocols)")
+    g.add_argument(*_flag("--auxiliary-weight", "--auxiliary_weight"), type=float, default=None,
+                   help="weight of the auxiliary loss (0.4)")
+    g.add_argument(*_flag("--drop-path-prob", "--drop_path_prob"), type=float, default=None,
+                   help="final drop-path probability, ramped linearly from 0 over the epochs")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs; 0 builds the network, reports its sizes and exits")
+    g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=None, help="batch size")
+    g.add_argument(*_flag("--learning-rate", "--learning_rate"), type=float, default=None, help="initial SGD learning rate")
+    g.add_argument("--lr-schedule", choices=["cosine", "step"], default=None,
+                   help="cosine annealing to --learning-rate-min, or multiply by --lr-decay every epoch")
+    g.add_argument(*_flag("--learning-rate-min", "--learning_rate_min"), type=float, default=None,
+                   help="final learning rate of the cosine schedule")
+    g.add_argument(*_flag("--lr-decay", "--decay_rate"), type=float, default=None, help="per-epoch factor of the step schedule")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    g.add_argument(*_flag("--weight-decay", "--weight_decay"), type=float, default=None, help="weight decay")
+    g.add_argument(*_flag("--grad-clip", "--grad_clip"), type=float, default=None, help="gradient-norm clip (0 disables)")
+    g.add_argument(*_flag("--cutout", "--cutout_length"), type=int, default=None,
+                   help="cutout square side in pixels, 0 disables (cifar protocol: half the image side, 16 at 32x32)")
+    g.add_argument(*_flag("--label-smoothing", "--label_smooth"), type=float, default=None,
+                   help="label smoothing of the cross-entropy (0.1 in the imagenet protocol)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help="print progress every N steps")
+    g.add_argument("--steps-per-epoch", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
+    g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
+    return p
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from .config import TrainConfig
+
+    return TrainConfig.for_protocol(
+        args.protocol, cell=args.cell, compare=tuple(args.compare), dataset=args.dataset, data=args.data,
+        download=args.download, image_size=args.image_size, workers=args.workers, network=args.network,
+        init_channels=args.init_channels, layers=args.layers, auxiliary=args.auxiliary,
+        auxiliary_weight=args.auxiliary_weight, drop_path_prob=args.drop_path_prob, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+        learning_rate_min=args.learning_rate_min, lr_decay=args.lr_decay, momentum=args.momentum,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
+        label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
+        overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
+    )
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    args = build_train_parser().parse_args(argv)
+    from .train import run
+
+    try:
+        run(train_config_from_args(args), quiet=args.quiet)
+    except DartsNasError as exc:
+        print_error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        print_error("interrupted; the last finished epoch's checkpoint.pt is in the run directory")
+        return 130
+    return 0

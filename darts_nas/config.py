@@ -114,3 +114,124 @@ class SearchConfig:
         return dataclasses.replace(self, **changes)
 
 
+
+
+# The paper's retraining protocols (REFERENCE section 4). Every entry can be overridden.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cifar": {
+        "dataset": "cifar10", "network": "cifar", "layers": 20, "init_channels": 36, "epochs": 600,
+        "batch_size": 96, "learning_rate": 0.025, "lr_schedule": "cosine", "learning_rate_min": 0.0,
+        "lr_decay": 0.97, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "cutout": None,
+        "drop_path_prob": 0.2, "auxiliary": True, "auxiliary_weight": 0.4, "label_smoothing": 0.0,
+    },
+    "imagenet": {
+        "dataset": "imagenet", "network": "imagenet", "layers": 14, "init_channels": 48, "epochs": 250,
+        "batch_size": 128, "learning_rate": 0.1, "lr_schedule": "step", "learning_rate_min": 0.0,
+        "lr_decay": 0.97, "momentum": 0.9, "weight_decay": 3e-5, "grad_clip": 5.0, "cutout": 0,
+        "drop_path_prob": 0.0, "auxiliary": True, "auxiliary_weight": 0.4, "label_smoothing": 0.1,
+    },
+}
+LR_SCHEDULES = ("cosine", "step")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a final (retraining) run; defaults are the CIFAR protocol."""
+
+    cell: str = "darts_v2"
+    protocol: str = "cifar"
+    # data
+    dataset: str = "cifar10"
+    data: str = "data"
+    download: bool = False
+    image_size: int | None = None
+    workers: int = 0
+    # network
+    network: str = "cifar"
+    init_channels: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2
+    # optimisation
+    epochs: int = 600
+    batch_size: int = 96
+    learning_rate: float = 0.025
+    lr_schedule: str = "cosine"
+    learning_rate_min: float = 0.0
+    lr_decay: float = 0.97
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    cutout: int | None = None  # None: half the image side (16 at 32x32, as in the paper)
+    label_smoothing: float = 0.0
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    overwrite: bool = False
+    report_every: int = 50
+    steps_per_epoch: int | None = None
+    compare: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compare", tuple(self.compare))
+        self.validate()
+
+    @classmethod
+    def for_protocol(cls, protocol: str = "cifar", **overrides: Any) -> "TrainConfig":
+        """The protocol's settings, with every non-None override applied on top."""
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {protocol!r}; valid protocols are: {', '.join(PROTOCOLS)}")
+        settings = {**PROTOCOLS[protocol], "protocol": protocol}
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        settings.setdefault("cutout", None)
+        return cls.from_dict(settings)
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; valid protocols are: {', '.join(PROTOCOLS)}")
+        for name in ("init_channels", "layers", "batch_size", "report_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "workers", "cutout"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.drop_path_prob < 1.0:
+            raise ConfigError(f"--drop-path-prob must be in [0, 1), got {self.drop_path_prob}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["compare"] = list(self.compare)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings {unknown}; valid settings are {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -89,6 +89,60 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     }
 
 
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
+                    device: torch.device, grad_clip: float, epoch: int, auxiliary_weight: float = 0.0,
+                    label_smoothing: float = 0.0, max_steps: int | None = None, report_every: int = 50,
+                    log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """One epoch of ordinary training of a final network (``forward -> (logits, logits_aux)``).
+
+    The auxiliary head's loss is added with weight ``auxiliary_weight`` when the model returns
+    auxiliary logits (training mode with an auxiliary head).
+    """
+    model.train()
+    total = len(loader) if max_steps is None else min(max_steps, len(loader))
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
+    seen = 0
+    start = time.perf_counter()
+    step = 0
+    for step, batch in enumerate(loader, start=1):
+        if step > total:
+            step -= 1
+            break
+        x, y = _to(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        logits, logits_aux = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if logits_aux is not None and auxiliary_weight > 0:
+            loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
+                f"--learning-rate, or check the data for NaNs")
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            n = y.numel()
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
+            seen += n
+        if log is not None and (step % report_every == 0 or step == total):
+            s = sums.tolist()
+            elapsed = time.perf_counter() - start
+            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
+                f"{elapsed / step:.3f} s/step  {seen / elapsed:.1f} images/s")
+    s = sums.tolist()
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": s[0] / max(seen, 1),
+        "train_acc": 100.0 * s[1] / max(seen, 1),
+        "steps": step,
+        "lr": optimizer.param_groups[0]["lr"],
+        "epoch_time": elapsed,
+        "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+    }
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
     """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics)."""
@@ -100,6 +154,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[s
     for batch in loader:
         x, y = _to(batch, device)
         logits = model(x)
+        if isinstance(logits, tuple):  # final networks return (logits, logits_aux)
+            logits = logits[0]
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum().double()
         seen += y.numel()

@@ -44,7 +44,7 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
-                    owned_files: tuple[str, ...]) -> Path:
+                    owned_files: tuple[str, ...], finished_marker: str = FINISHED_MARKER) -> Path:
     """Create (or reuse) the run directory, refusing to clobber an earlier run silently.
 
     With ``overwrite`` the files a run writes (``owned_files``) are removed first; anything else a
@@ -56,7 +56,7 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory: choose another --out")
     if path.is_dir() and not overwrite:
-        if (path / FINISHED_MARKER).exists():
+        if (path / finished_marker).exists():
             raise RunDirError(f"{path} already holds a finished {kind} run: choose another --out, "
                               f"or pass --overwrite to replace it")
         if (path / "config.json").exists():

@@ -1,0 +1,188 @@
+"""``run(config)``: retrain a genotype from scratch under the paper's protocols (REFERENCE section 4).
+
+The run directory receives ``config.json``, ``genotype.json`` (the trained cell), ``metrics.jsonl``
+(one line per epoch), ``checkpoint.pt``, ``log.txt`` and, once finished, ``metrics.json`` (final
+and best test accuracy, parameters with and without the auxiliary head, multiply-adds, wall time).
+With ``--epochs 0`` only the network is built and its sizes are written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write_text, save_checkpoint
+from .config import TrainConfig
+from .data import DatasetInfo, get_info, train_test_data
+from .engine import evaluate, train_one_epoch
+from .genotype import Genotype, resolve
+from .network import NETWORKS, count_auxiliary_parameters, count_multiply_adds, count_parameters
+from .runtime import environment, prepare_run_dir, resolve_device, seed_everything
+from .tracking import RunLog
+
+FINISHED = "metrics.json"
+RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED)
+
+
+def network_sizes(model: torch.nn.Module, info: DatasetInfo) -> dict[str, int]:
+    """Parameters (auxiliary head excluded and separately) and multiply-adds of one image."""
+    return {
+        "params": count_parameters(model),
+        "params_auxiliary": count_auxiliary_parameters(model),
+        "params_with_auxiliary": count_parameters(model, exclude_auxiliary=False),
+        "multiply_adds": count_multiply_adds(model, (1, info.in_channels, info.image_size, info.image_size)),
+        "input_size": [info.in_channels, info.image_size, info.image_size],
+    }
+
+
+def drop_path_schedule(max_prob: float, epoch: int, epochs: int) -> float:
+    """Drop-path probability of ``epoch`` (0-based): ramped linearly from 0 as in the paper's code."""
+    return max_prob * epoch / max(epochs, 1)
+
+
+def resolved_cutout(config: TrainConfig, info: DatasetInfo) -> int:
+    """The paper's cutout of 16 pixels is half a CIFAR image; other sizes get half their side."""
+    if config.cutout is not None:
+        return config.cutout
+    return info.image_size // 2 if config.protocol == "cifar" else 0
+
+
+def _info_without_training(config: TrainConfig) -> DatasetInfo:
+    root = Path(config.data).expanduser()
+    # Named datasets have a known shape; their files are needed only to train.
+    return get_info(config.dataset, str(root) if root.exists() else None, config.image_size)
+
+
+def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
+    """Train ``config.cell`` and return the summary written to metrics.json. With
+    ``config.compare``, the same protocol then trains each compared cell in a subdirectory and the
+    summary lists all results."""
+    device = resolve_device(config.device)
+    genotype = resolve(config.cell)
+    NETWORKS.get(config.network)
+    compare = [(spec, resolve(spec)) for spec in config.compare]
+    if config.epochs == 0:
+        data, info = None, _info_without_training(config)
+        config = config.replace(cutout=resolved_cutout(config, info))
+    else:
+        info = get_info(config.dataset, config.data, config.image_size)
+        config = config.replace(cutout=resolved_cutout(config, info))
+        data = train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
+                               workers=config.workers, download=config.download,
+                               image_size=config.image_size, cutout=config.cutout,
+                               device_type=device.type)
+        info = data.info
+    out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED)
+    config = config.replace(out=str(out))
+    log = RunLog(out, quiet=quiet)
+    try:
+        summary = _train(config, genotype, data, info, device, log)
+    finally:
+        log.close()
+    if compare:
+        results = [{"cell": config.cell, **_headline(summary)}]
+        for spec, _ in compare:
+            sub = out / f"compare-{_slug(spec)}"
+            other = run(config.replace(cell=spec, compare=(), out=str(sub)), quiet=quiet)
+            results.append({"cell": spec, **_headline(other)})
+        summary["comparison"] = results
+        atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+        if not quiet:
+            print(comparison_table(results), flush=True)
+    return summary
+
+
+def _finite(value: float) -> float | None:
+    """None instead of NaN (no test was run), so metrics.json stays strict JSON."""
+    return value if value == value else None
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "multiply_adds", "out")}
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).name if "/" in spec else spec)[:40] or "cell"
+
+
+def comparison_table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'cell':<28} {'final test acc':>14} {'best test acc':>13} {'params':>10} {'mult-adds':>12}"]
+    for r in results:
+        final, best = (f"{v:.2f}%" if v is not None else "-" for v in (r["final_test_acc"], r["best_test_acc"]))
+        lines.append(f"{r['cell'][-28:]:<28} {final:>14} {best:>13} {r['params']:>10,} {r['multiply_adds']:>12,}")
+    return "\n".join(lines)
+
+
+def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
+           log: RunLog) -> dict[str, Any]:
+    out = log.out
+    seed_everything(config.seed)
+    model = NETWORKS.get(config.network)(
+        genotype=genotype, C=config.init_channels, layers=config.layers, num_classes=info.num_classes,
+        auxiliary=config.auxiliary, in_channels=info.in_channels)
+    sizes = network_sizes(model, info)
+    model = model.to(device)
+    genotype.save(out / "genotype.json", extra={"cell": config.cell})
+    atomic_write_text(out / "config.json", json.dumps({
+        "config": config.to_dict(), "protocol": config.protocol,
+        "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                    "image_size": info.image_size,
+                    "train_images": data.num_train if data else None,
+                    "test_images": data.num_test if data else None},
+        "sizes": sizes, "environment": environment(device),
+    }, indent=2, sort_keys=True))
+    log.info(f"{config.network} network of {config.cell!r}: {config.layers} cells, C={config.init_channels}, "
+             f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
+             f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
+             f"{info.image_size}, on {device} -> {out}")
+
+    start = time.perf_counter()
+    final = {"loss": float("nan"), "acc": float("nan")}
+    best_acc = float("nan")
+    if config.epochs > 0:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        if config.lr_schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
+                                                                   eta_min=config.learning_rate_min)
+        else:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
+        for epoch in range(config.epochs):
+            model.drop_path_prob = drop_path_schedule(config.drop_path_prob, epoch, config.epochs)
+            metrics = train_one_epoch(
+                model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
+                auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
+                label_smoothing=config.label_smoothing, max_steps=config.steps_per_epoch,
+                report_every=config.report_every, log=log.info)
+            final = evaluate(model, data.test_loader, device)
+            scheduler.step()
+            best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
+            record = {"epoch": epoch + 1, **metrics, "drop_path_prob": model.drop_path_prob,
+                      "test_loss": final["loss"], "test_acc": final["acc"],
+                      "elapsed": time.perf_counter() - start}
+            log.append_jsonl("metrics.jsonl", record)
+            save_checkpoint(out / "checkpoint.pt", {
+                "kind": "train", "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "genotype": genotype.to_dict(),
+            })
+            log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  drop-path "
+                     f"{model.drop_path_prob:.3f}  train loss {metrics['train_loss']:.4f} acc "
+                     f"{metrics['train_acc']:.2f}%  test loss {final['loss']:.4f} acc {final['acc']:.2f}%  "
+                     f"{metrics['epoch_time']:.1f} s ({metrics['images_per_s']:.0f} images/s)")
+    summary = {
+        "finished": True, "cell": config.cell, "genotype": genotype.to_dict(), "epochs": config.epochs,
+        "final_test_acc": _finite(final["acc"]), "final_test_loss": _finite(final["loss"]),
+        "best_test_acc": _finite(best_acc),
+        **sizes, "wall_time": time.perf_counter() - start, "out": str(out),
+    }
+    atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+    if config.epochs > 0:
+        log.info(f"training finished in {summary['wall_time']:.1f} s: final test accuracy "
+                 f"{final['acc']:.2f}% (best {best_acc:.2f}%)")
+    return summary
