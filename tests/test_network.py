@@ -71,7 +71,7 @@ def test_imagenet_darts_v2_multiply_adds():
 
 
 @pytest.mark.parametrize("name", list_cells())
-@pytest.mark.parametrize("kind,size", [("cifar", 8), ("imagenet", 32)])
+@pytest.mark.parametrize("kind,size", [("cifar", 8), ("cifar", 32), ("imagenet", 32), ("imagenet", 224)])
 def test_every_published_cell_runs(name, kind, size):
     torch.manual_seed(0)
     model = build_network(kind, load_cell(name), C=4, layers=3, num_classes=5, auxiliary=True)

@@ -203,3 +203,12 @@ def test_console_entry_point_is_installed():
         pytest.skip("darts-nas is not pip-installed here (pip install -e . adds the console script)")
     scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
     assert scripts["darts-search"] == "darts_nas.cli:search_main"
+
+
+@pytest.mark.needs_cuda
+def test_search_runs_on_cuda_with_the_same_command(tmp_path):
+    code, out = search(tmp_path, "--device", "cuda", "--unrolled", "--epochs", "1")
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["device"].startswith("cuda")
+    assert Genotype.load(out / "genotype.json")

@@ -180,3 +180,10 @@ def test_help_documents_every_flag():
             assert flag in text
         if action.dest != "help":
             assert action.help and action.help.strip(), action.dest
+
+
+@pytest.mark.needs_cuda
+def test_training_runs_on_cuda(tmp_path):
+    code, out = train(tmp_path, "--device", "cuda", "--epochs", "1", "--steps-per-epoch", "2")
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["environment"]["device"].startswith("cuda")
