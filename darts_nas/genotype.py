@@ -23,7 +23,6 @@ import json
 import operator
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -335,28 +334,16 @@ def _read_text(path: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    # Write next to the target and rename, so a crash never leaves a half-written genotype.
-    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # A crash never leaves a half-written genotype (see checkpoint.atomic_write_bytes).
+    from .checkpoint import atomic_write_bytes
+
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as err:
         raise GenotypeError(
             f"cannot write genotype file {path} ({err.strerror}); "
             f"check that {path.parent} exists and is writable"
         ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from darts_nas.config import PROTOCOLS, TrainConfig
 from darts_nas.data import build_transform, get_info, load_dataset
 from darts_nas.engine import evaluate
 from darts_nas.genotype import Genotype, load_cell
-from darts_nas.network import NetworkCIFAR, count_parameters
+from darts_nas.network import NetworkCIFAR
 from darts_nas.tracking import read_jsonl
 from darts_nas.train import drop_path_schedule
 
