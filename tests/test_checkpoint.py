@@ -73,3 +73,14 @@ def test_foreign_file_is_refused(tmp_path):
 def test_atomic_text(tmp_path):
     atomic_write_text(tmp_path / "a.json", "{}")
     assert (tmp_path / "a.json").read_text() == "{}"
+
+
+def test_new_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"x": 1})
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("c.pt", "a.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
