@@ -7,7 +7,6 @@ Flags are dashed; the original DARTS code's underscore spellings (``--batch_size
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from .config import SearchConfig
@@ -82,6 +81,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps-per-epoch", type=int, default=None,
                    help="stop each epoch after N steps (smoke tests; default: the whole weight half)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
+    g.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard event files into the run directory (on by default: "
+                        "tensorboard --logdir runs/)")
     return p
 
 
@@ -97,6 +99,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         arch_learning_rate=args.arch_learning_rate, arch_weight_decay=args.arch_weight_decay,
         unrolled=args.unrolled, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
+        tensorboard=not args.no_tensorboard,
     )
 
 
@@ -181,6 +184,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help="print progress every N steps")
     g.add_argument("--steps-per-epoch", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
+    g.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard event files into the run directory (on by default)")
     return p
 
 
@@ -197,6 +202,7 @@ def train_config_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
+        tensorboard=False if args.no_tensorboard else None,
     )
 
 

@@ -3,7 +3,9 @@
 The run directory receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
 ``history.jsonl`` (genotype and softmaxed alphas per epoch), ``genotype.json`` (the latest, and at
 the end the final genotype), ``checkpoint.pt``, ``log.txt`` and, once the search has finished,
-``summary.json``.
+``summary.json`` and the final cell diagrams (``cell_normal.dot``, ``cell_reduce.dot``, and their
+``.png``/``.svg`` when Graphviz is installed). Unless ``config.tensorboard`` is off, TensorBoard
+event files go into the same directory (see :class:`darts_nas.tracking.SearchBoard`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from .data import search_data
 from .engine import evaluate, search_one_epoch
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, resolve_device, seed_everything
 from .supernet import SEARCH_SPACES
-from .tracking import RunLog
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, remove_event_files
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
-             "log.txt", FINISHED_MARKER)
+             "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES)
 
 
 def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
@@ -43,17 +45,23 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     data = search_data(config.dataset, config.data, config.batch_size, config.train_portion,
                        seed=config.seed, workers=config.workers, download=config.download,
                        image_size=config.image_size, device_type=device.type)
-    info = data.info
     out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES)
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
+    # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
+    if config.overwrite:
+        remove_event_files(out)
+    diagrams = CellDiagrams(warn=log.info)
+    board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams)
     try:
-        return _search(config, data, device, log)
+        return _search(config, data, device, log, board)
     finally:
+        board.close()
         log.close()
 
 
-def _search(config: SearchConfig, data, device: torch.device, log: RunLog) -> dict[str, Any]:
+def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
+            board: SearchBoard) -> dict[str, Any]:
     out = log.out
     info = data.info
     seed_everything(config.seed)
@@ -101,6 +109,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog) -> di
                                            "primitives": list(config.primitives),
                                            "alphas": softmaxed_alphas(model)})
         genotype.save(out / "genotype.json")
+        board.epoch(epoch + 1, record, {"normal": model.alphas_normal, "reduce": model.alphas_reduce},
+                    config.primitives, genotype)
         save_checkpoint(out / "checkpoint.pt", {
             "kind": "search", "epoch": epoch + 1, "config": config.to_dict(),
             "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
@@ -112,11 +122,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog) -> di
         log.info(f"  genotype: {genotype}")
 
     genotype.save(out / "genotype.json")
+    board.diagrams.write(genotype, out)
     summary = {
         "finished": True, "epochs": config.epochs, "genotype": genotype.to_dict(),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out),
     }
+    board.finish(config, summary)
     atomic_write_text(out / FINISHED_MARKER, json.dumps(summary, indent=2, sort_keys=True))
     log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
              f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
