@@ -49,6 +49,7 @@ class SearchConfig:
     overwrite: bool = False
     report_every: int = 50
     steps_per_epoch: int | None = None  # cap on steps per epoch (smoke tests, benchmarks)
+    tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.SearchBoard)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "primitives", tuple(self.primitives))
@@ -173,6 +174,7 @@ class TrainConfig:
     report_every: int = 50
     steps_per_epoch: int | None = None
     compare: tuple[str, ...] = ()
+    tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.TrainBoard)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compare", tuple(self.compare))

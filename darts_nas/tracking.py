@@ -1,12 +1,29 @@
-"""Console and file logging of a run."""
+"""Logging of a run: console and files, and TensorBoard.
+
+:class:`RunLog` prints progress and appends JSON lines to the run directory. :class:`SearchBoard`
+and :class:`TrainBoard` write TensorBoard event files into the run directory itself (scalars,
+alpha heatmaps, genotype tables, cell diagrams, hparams); disabled, or on any process but the
+main one, they do nothing. :class:`CellDiagrams` writes ``cell_*.dot`` (and, with Graphviz,
+``cell_*.png``/``.svg``) next to ``genotype.json``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .drawing import (CELL_TITLES, DOT_MISSING_HINT, OUTPUT_NAME, GraphvizError, Heatmap, draw_heatmap,
+                      edge_names, edge_row, find_dot, genotype_dots, node_name, png_bytes, png_size, render_dot)
+from .genotype import Genotype
+from .ops import PARAMETER_FREE
 
 
 class RunLog:
@@ -40,3 +57,340 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def print_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a search looks like: alpha statistics, genotype tables, cell diagrams, TensorBoard
+# ---------------------------------------------------------------------------------------------
+
+CELL_TYPES = ("normal", "reduce")
+CELL_DIAGRAM_FILES = tuple(f"cell_{cell}.{ext}" for cell in CELL_TYPES for ext in ("dot", "png", "svg"))
+EVENT_FILE_PREFIX = "events.out.tfevents."
+
+
+def parameter_free_ops(primitives: Sequence[str]) -> list[int]:
+    """Columns of the parameter-free ops other than ``none`` (pooling, skip_connect): the ops
+    whose weight grows when a search collapses towards parameter-free cells."""
+    return [k for k, op in enumerate(primitives) if op in PARAMETER_FREE and op != "none"]
+
+
+def alpha_probabilities(alphas: Any) -> np.ndarray:
+    """softmax(alphas) over the ops of each edge, as float64 (num_edges, num_ops); the softmax is
+    taken in float32 like the supernet's forward pass and history.jsonl."""
+    raw = torch.as_tensor(alphas).detach().float().cpu()
+    return torch.softmax(raw, dim=-1).double().numpy()
+
+
+def alpha_entropy(probs: Any) -> float:
+    """Mean over edges of the entropy (nats) of each edge's op distribution; log(num_ops) at the
+    start of a search, 0 when every edge has picked one op."""
+    p = np.asarray(probs, dtype=np.float64)
+    plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return float(np.mean(-plogp.sum(axis=-1)))
+
+
+def parameter_free_weight(probs: Any, primitives: Sequence[str]) -> float:
+    """Mean over edges of the total softmax weight on parameter-free ops (``none`` excluded)."""
+    p = np.asarray(probs, dtype=np.float64)
+    cols = parameter_free_ops(primitives)
+    return float(np.mean(p[:, cols].sum(axis=-1))) if cols else 0.0
+
+
+def alpha_heatmap(cell: str, alphas: Any, primitives: Sequence[str], genotype: Genotype,
+                  epoch: int | None = None) -> Heatmap:
+    """The heatmap of one cell type: rows are edges (``from -> to``, alpha row order), columns
+    the candidate ops, values softmax(alphas); the (edge, op) pairs that ``genotype`` keeps are
+    marked."""
+    probs = alpha_probabilities(alphas)
+    steps = getattr(genotype, f"{cell}_steps")
+    if probs.shape != (len(edge_names(steps)), len(primitives)):
+        raise ValueError(f"alphas of shape {tuple(probs.shape)} do not match a {steps}-node cell "
+                         f"with {len(primitives)} ops")
+    marked = frozenset((edge_row(k // 2, j), list(primitives).index(op))
+                       for k, (op, j) in enumerate(getattr(genotype, cell)))
+    breaks = tuple(edge_row(i, 0) for i in range(steps))
+    title = f"{CELL_TITLES[cell]}: softmax(alpha)" + (f", epoch {epoch}" if epoch is not None else "")
+    return Heatmap(values=probs, rows=tuple(edge_names(steps)), columns=tuple(primitives), marked=marked,
+                   title=title, breaks=breaks, note="boxed: the edges and ops kept by the derived genotype")
+
+
+def genotype_markdown(genotype: Genotype) -> str:
+    """One Markdown table per cell type (node, inputs, ops; nodes named as in the diagrams) and
+    the canonical ``str(genotype)`` in a code block, which :func:`darts_nas.genotype.parse`
+    reads back."""
+    parts = []
+    for cell in CELL_TYPES:
+        pairs = getattr(genotype, cell)
+        rows = [f"**{CELL_TITLES[cell]}**", "", "| node | inputs | ops |", "|---|---|---|"]
+        for i in range(len(pairs) // 2):
+            (op_a, a), (op_b, b) = pairs[2 * i], pairs[2 * i + 1]
+            rows.append(f"| `{i}` | `{node_name(a)}`, `{node_name(b)}` | `{op_a}`, `{op_b}` |")
+        concat = ", ".join(f"`{node_name(j)}`" for j in getattr(genotype, f"{cell}_concat"))
+        rows.append(f"| `{OUTPUT_NAME}` | {concat} | concat |")
+        parts.append("\n".join(rows))
+    parts.append("```\n" + str(genotype) + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def remove_event_files(out: str | Path) -> None:
+    """Delete TensorBoard event files of an earlier run in ``out`` (for ``--overwrite``), so the
+    replaced run's curves do not mix with the new ones."""
+    for path in Path(out).glob(EVENT_FILE_PREFIX + "*"):
+        if path.is_file():
+            path.unlink()
+
+
+def is_main_process() -> bool:
+    """False on every rank but 0 of an initialised torch.distributed group: one process writes."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
+class CellDiagrams:
+    """Renders genotype cells with Graphviz's ``dot`` when it is on ``PATH``. Without it (or when
+    it fails) ``warn`` receives one line, once, and only the DOT text is produced."""
+
+    def __init__(self, warn: Callable[[str], None] | None = None) -> None:
+        self.dot = find_dot()
+        self._warn = warn
+        self._warned: set[str] = set()
+
+    def _say_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            if self._warn is not None:
+                self._warn(message)
+
+    @property
+    def available(self) -> bool:
+        if self.dot is None:
+            self._say_once(DOT_MISSING_HINT)
+        return self.dot is not None
+
+    def render(self, source: str, fmt: str = "png") -> bytes | None:
+        """``source`` rendered to ``fmt``, or None when dot is missing or fails (said once)."""
+        if not self.available:
+            return None
+        try:
+            return render_dot(source, fmt, self.dot)
+        except GraphvizError as exc:
+            self._say_once(str(exc))
+            return None
+
+    def write(self, genotype: Genotype, directory: str | Path) -> list[Path]:
+        """Write ``cell_normal.dot`` and ``cell_reduce.dot`` into ``directory`` and, when dot is
+        available, ``cell_*.png`` and ``cell_*.svg``; returns the paths written (none on a
+        secondary process)."""
+        directory = Path(directory)
+        written: list[Path] = []
+        if not is_main_process():
+            return written
+        for cell, source in genotype_dots(genotype).items():
+            target = directory / f"cell_{cell}.dot"
+            atomic_write_text(target, source)
+            written.append(target)
+            for fmt in ("png", "svg"):
+                data = self.render(source, fmt)
+                if data is not None:
+                    target = directory / f"cell_{cell}.{fmt}"
+                    atomic_write_bytes(target, data)
+                    written.append(target)
+        return written
+
+
+def _text_summary(tag: str, text: str):
+    """A TensorBoard text summary under exactly ``tag`` (``add_text`` appends ``/text_summary``)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="text", content=TextPluginData(version=0).SerializeToString()))
+    tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+
+
+def _image_summary(tag: str, png: bytes):
+    """A TensorBoard image summary holding already-encoded PNG bytes (no decode, no re-encode)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    width, height = png_size(png)
+    colour_type = png[25]  # 2: RGB, 6: RGBA, 0: grey, 3: palette
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 3)
+    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=png))])
+
+
+class _Board:
+    """A SummaryWriter writing into the run directory itself, or nothing at all: when disabled,
+    and on every process but the main one, every method returns at once."""
+
+    LAYOUT: dict[str, dict[str, list]] = {}
+
+    def __init__(self, out: str | Path, enabled: bool = True, diagrams: CellDiagrams | None = None) -> None:
+        self.out = Path(out)
+        self.diagrams = diagrams if diagrams is not None else CellDiagrams()
+        self.writer = None
+        if enabled and is_main_process():
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+            self.writer = SummaryWriter(log_dir=str(self.out))
+            self.writer.add_custom_scalars(self.LAYOUT)
+
+    @property
+    def enabled(self) -> bool:
+        return self.writer is not None
+
+    def _scalars(self, names: Sequence[tuple[str, str]], record: dict[str, Any], step: int) -> None:
+        for tag, key in names:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, float(value), step)
+
+    def _text(self, tag: str, text: str, step: int) -> None:
+        self.writer.file_writer.add_summary(_text_summary(tag, text), step)
+
+    def _png(self, tag: str, png: bytes, step: int) -> None:
+        self.writer.file_writer.add_summary(_image_summary(tag, png), step)
+
+    def _cell_images(self, genotype: Genotype, step: int) -> None:
+        for cell, source in genotype_dots(genotype).items():
+            png = self.diagrams.render(source, "png")
+            if png is not None:
+                self._png(f"cell/{cell}", png, step)
+
+    def _hparams(self, hparams: dict[str, Any], metrics: dict[str, Any], step: int) -> None:
+        hparams = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
+        metrics = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        # Everything else must be on disk first: add_hparams opens a second event file in the
+        # same directory (run_name "."), and TensorBoard reads a directory's files in order.
+        self.writer.flush()
+        self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+SEARCH_SCALARS = (
+    ("loss/weights", "train_loss"), ("loss/arch", "arch_loss"), ("loss/valid", "valid_loss"),
+    ("accuracy/weights", "train_acc"), ("accuracy/arch", "arch_acc"), ("accuracy/valid", "valid_acc"),
+    ("lr/weights", "lr"), ("lr/arch", "arch_lr"),
+)
+SEARCH_HPARAMS = ("dataset", "epochs", "batch_size", "init_channels", "layers", "nodes", "learning_rate",
+                  "learning_rate_min", "momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay",
+                  "train_portion", "unrolled", "method", "space", "seed", "steps_per_epoch")
+
+
+class SearchBoard(_Board):
+    """TensorBoard view of a search: losses, accuracies, learning rates and alpha statistics per
+    epoch (grouped by a custom-scalars layout), alpha heatmaps and histograms, the genotype as
+    Markdown, cell diagrams, and the settings with the final metrics as hparams."""
+
+    LAYOUT = {
+        "search": {
+            "loss": ["Multiline", ["loss/weights", "loss/arch", "loss/valid"]],
+            "accuracy": ["Multiline", ["accuracy/weights", "accuracy/arch", "accuracy/valid"]],
+            "learning rate": ["Multiline", ["lr/weights", "lr/arch"]],
+        },
+        "alphas": {
+            "entropy (mean over edges)": ["Multiline", [f"alphas/{c}/entropy" for c in CELL_TYPES]],
+            "weight of parameter-free ops (mean over edges)":
+                ["Multiline", [f"alphas/{c}/parameter_free" for c in CELL_TYPES]],
+        },
+    }
+
+    def __init__(self, out: str | Path, enabled: bool = True, diagrams: CellDiagrams | None = None) -> None:
+        super().__init__(out, enabled, diagrams)
+        self.final: dict[str, float] = {}
+
+    def epoch(self, epoch: int, metrics: dict[str, Any], alphas: dict[str, Any], primitives: Sequence[str],
+              genotype: Genotype) -> None:
+        """Log epoch ``epoch`` (1-based, the global step): ``metrics`` is the metrics.jsonl
+        record, ``alphas`` the raw ``{"normal": ..., "reduce": ...}`` logits, ``genotype`` their
+        discretisation."""
+        if self.writer is None:
+            return
+        self._scalars(SEARCH_SCALARS, metrics, epoch)
+        for cell in CELL_TYPES:
+            raw = torch.as_tensor(alphas[cell]).detach().float().cpu()
+            probs = alpha_probabilities(raw)
+            entropy, free = alpha_entropy(probs), parameter_free_weight(probs, primitives)
+            self.writer.add_scalar(f"alphas/{cell}/entropy", entropy, epoch)
+            self.writer.add_scalar(f"alphas/{cell}/parameter_free", free, epoch)
+            self.final[f"entropy_{cell}"], self.final[f"parameter_free_{cell}"] = entropy, free
+            self._png(f"alphas/{cell}", png_bytes(draw_heatmap(alpha_heatmap(cell, raw, primitives, genotype, epoch))),
+                      epoch)
+            self.writer.add_histogram(f"alphas/{cell}_hist", raw.numpy(), epoch)
+        self._text("genotype", genotype_markdown(genotype), epoch)
+        self._cell_images(genotype, epoch)
+        for key in ("train_acc", "arch_acc", "valid_acc", "valid_loss"):
+            if key in metrics:
+                self.final[key] = metrics[key]
+        self.writer.flush()
+
+    def finish(self, config: Any, summary: dict[str, Any]) -> None:
+        """The run's settings with its final metrics, for TensorBoard's HParams tab."""
+        if self.writer is None:
+            return
+        metrics = {**self.final, "valid_acc": summary.get("valid_acc"), "valid_loss": summary.get("valid_loss")}
+        self._hparams({k: getattr(config, k, None) for k in SEARCH_HPARAMS},
+                      {f"hparams/{k}": v for k, v in metrics.items()}, step=getattr(config, "epochs", 0))
+
+
+TRAIN_SCALARS = (
+    ("loss/train", "train_loss"), ("loss/test", "test_loss"), ("accuracy/train", "train_acc"),
+    ("accuracy/test", "test_acc"), ("lr", "lr"), ("drop_path_prob", "drop_path_prob"),
+    ("throughput/images_per_s", "images_per_s"),
+)
+TRAIN_HPARAMS = ("cell", "protocol", "dataset", "network", "epochs", "batch_size", "init_channels", "layers",
+                 "learning_rate", "lr_schedule", "learning_rate_min", "lr_decay", "momentum", "weight_decay",
+                 "grad_clip", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout", "label_smoothing",
+                 "seed", "steps_per_epoch")
+
+
+class TrainBoard(_Board):
+    """TensorBoard view of a final training: losses, accuracies, learning rate, drop-path
+    probability and throughput per epoch; the trained cell (diagrams, genotype, sizes) once at
+    step 0; settings and final metrics as hparams."""
+
+    LAYOUT = {
+        "training": {
+            "loss": ["Multiline", ["loss/train", "loss/test"]],
+            "accuracy": ["Multiline", ["accuracy/train", "accuracy/test"]],
+            "schedule": ["Multiline", ["lr", "drop_path_prob"]],
+            "throughput": ["Multiline", ["throughput/images_per_s"]],
+        },
+    }
+
+    def start(self, genotype: Genotype, sizes: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        self._cell_images(genotype, 0)
+        self._text("genotype", genotype_markdown(genotype), 0)
+        rows = ["| size | value |", "|---|---|"]
+        for key in ("params", "params_with_auxiliary", "multiply_adds"):
+            if key in sizes:
+                rows.append(f"| {key} | {sizes[key]:,} |")
+        self._text("sizes", "\n".join(rows) + "\n", 0)
+        self.writer.flush()
+
+    def epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """Log the metrics.jsonl ``record`` of epoch ``epoch`` (1-based, the global step)."""
+        if self.writer is None:
+            return
+        self._scalars(TRAIN_SCALARS, record, epoch)
+        self.writer.flush()
+
+    def finish(self, config: Any, summary: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        metrics = {k: summary.get(k) for k in ("final_test_acc", "best_test_acc", "final_test_loss", "params",
+                                               "params_with_auxiliary", "multiply_adds")}
+        self._hparams({k: getattr(config, k, None) for k in TRAIN_HPARAMS},
+                      {f"hparams/{k}": v for k, v in metrics.items()}, step=getattr(config, "epochs", 0))

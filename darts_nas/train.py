@@ -2,7 +2,9 @@
 
 The run directory receives ``config.json``, ``genotype.json`` (the trained cell), ``metrics.jsonl``
 (one line per epoch), ``checkpoint.pt``, ``log.txt`` and, once finished, ``metrics.json`` (final
-and best test accuracy, parameters with and without the auxiliary head, multiply-adds, wall time).
+and best test accuracy, parameters with and without the auxiliary head, multiply-adds, wall time),
+the cell diagrams ``cell_normal.dot``/``cell_reduce.dot`` (and ``.png``/``.svg`` with Graphviz) and,
+unless ``config.tensorboard`` is off, TensorBoard event files (:class:`darts_nas.tracking.TrainBoard`).
 With ``--epochs 0`` only the network is built and its sizes are written.
 """
 
@@ -23,10 +25,11 @@ from .engine import evaluate, train_one_epoch
 from .genotype import Genotype, resolve
 from .network import NETWORKS, count_auxiliary_parameters, count_multiply_adds, count_parameters
 from .runtime import environment, prepare_run_dir, resolve_device, seed_everything
-from .tracking import RunLog
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remove_event_files
 
 FINISHED = "metrics.json"
-RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED)
+RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED,
+             *CELL_DIAGRAM_FILES)
 
 
 def network_sizes(model: torch.nn.Module, info: DatasetInfo) -> dict[str, int]:
@@ -80,9 +83,14 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED)
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
+    # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
+    if config.overwrite:
+        remove_event_files(out)
+    board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info))
     try:
-        summary = _train(config, genotype, data, info, device, log)
+        summary = _train(config, genotype, data, info, device, log, board)
     finally:
+        board.close()
         log.close()
     if compare:
         results = [{"cell": config.cell, **_headline(summary)}]
@@ -119,7 +127,7 @@ def comparison_table(results: list[dict[str, Any]]) -> str:
 
 
 def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
-           log: RunLog) -> dict[str, Any]:
+           log: RunLog, board: TrainBoard) -> dict[str, Any]:
     out = log.out
     seed_everything(config.seed)
     model = NETWORKS.get(config.network)(
@@ -128,6 +136,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
     sizes = network_sizes(model, info)
     model = model.to(device)
     genotype.save(out / "genotype.json", extra={"cell": config.cell})
+    board.diagrams.write(genotype, out)
+    board.start(genotype, sizes)
     atomic_write_text(out / "config.json", json.dumps({
         "config": config.to_dict(), "protocol": config.protocol,
         "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
@@ -166,6 +176,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                       "test_loss": final["loss"], "test_acc": final["acc"],
                       "elapsed": time.perf_counter() - start}
             log.append_jsonl("metrics.jsonl", record)
+            board.epoch(epoch + 1, record)
             save_checkpoint(out / "checkpoint.pt", {
                 "kind": "train", "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -181,6 +192,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
         "best_test_acc": _finite(best_acc),
         **sizes, "wall_time": time.perf_counter() - start, "out": str(out),
     }
+    board.finish(config, summary)
     atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
     if config.epochs > 0:
         log.info(f"training finished in {summary['wall_time']:.1f} s: final test accuracy "
