@@ -77,3 +77,38 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} has format {state['format_version']}, newer than this "
                               f"darts-nas understands ({FORMAT_VERSION}): upgrade darts-nas")
     return state
+
+
+def numbered_checkpoints(out: str | os.PathLike, prefix: str = "checkpoint-epoch") -> list[Path]:
+    """The run's numbered checkpoints, newest first."""
+    return sorted(Path(out).glob(f"{prefix}*.pt"), reverse=True)
+
+
+def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoint-epochNNNN.pt`` atomically, point ``checkpoint.pt`` at it (a hard link,
+    replaced atomically; a copy where links are not supported) and keep the newest ``keep``."""
+    out = Path(out)
+    path = out / f"checkpoint-epoch{epoch:04d}.pt"
+    save_checkpoint(path, state)
+    latest = out / "checkpoint.pt"
+    tmp = out / f".checkpoint.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(path, tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        atomic_write_bytes(latest, path.read_bytes())
+    for old in numbered_checkpoints(out)[max(keep, 1):]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.device = "cpu"
+                      ) -> dict[str, Any] | None:
+    """The newest numbered checkpoint that loads; a corrupt one is skipped with a one-line
+    warning (the previous one is used). None when the run has no checkpoint yet."""
+    for path in numbered_checkpoints(out):
+        try:
+            return load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            warn(f"warning: {exc}; falling back to the previous checkpoint")
+    return None

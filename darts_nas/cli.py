@@ -84,6 +84,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the run directory (on by default: "
                         "tensorboard --logdir runs/)")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="keep the newest N per-epoch checkpoints (checkpoint-epochNNNN.pt); an interrupted "
+                        "run resumes from the newest valid one when the same command is run again")
     return p
 
 
@@ -99,7 +102,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         arch_learning_rate=args.arch_learning_rate, arch_weight_decay=args.arch_weight_decay,
         unrolled=args.unrolled, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
-        tensorboard=not args.no_tensorboard,
+        tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
     )
 
 

@@ -50,6 +50,7 @@ class SearchConfig:
     report_every: int = 50
     steps_per_epoch: int | None = None  # cap on steps per epoch (smoke tests, benchmarks)
     tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.SearchBoard)
+    keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "primitives", tuple(self.primitives))
@@ -57,7 +58,7 @@ class SearchConfig:
         self.validate()
 
     def validate(self) -> None:
-        positive = ("init_channels", "layers", "nodes", "batch_size", "report_every")
+        positive = ("init_channels", "layers", "nodes", "batch_size", "report_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -733,34 +733,59 @@ def split_indices(n: int, train_portion: float, seed: int) -> tuple[list[int], l
 class InfiniteLoader:
     """Endless batches from a DataLoader, through one persistent iterator.
 
-    When a pass ends the next one starts at once (the DataLoader reshuffles from its own seeded
-    generator), so the architecture step can call ``next`` every step. ``next(iter(loader))`` per
-    step instead would restart the worker processes every step and draw each batch from a fresh
-    shuffle, so a pass would no longer visit every image once.
+    When a pass ends the next one starts at once (with the next pass's shuffle), so the
+    architecture step can call ``next`` every step. ``next(iter(loader))`` per step instead would
+    restart the worker processes every step and draw each batch from a fresh shuffle, so a pass
+    would no longer visit every image once. With a :class:`PassSampler`, :meth:`state_dict`
+    records the pass and the batches consumed in it, and :meth:`load_state_dict` resumes there.
     """
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
         self.passes = 0  # completed passes over the data
+        self.position = 0  # batches consumed in the current pass
         self._iterator = None
+
+    @property
+    def _sampler(self) -> PassSampler | None:
+        sampler = self.loader.sampler
+        return sampler if isinstance(sampler, PassSampler) else None
 
     def __iter__(self) -> "InfiniteLoader":
         return self
 
+    def _start_pass(self, skip: int = 0) -> None:
+        if self._sampler is not None:
+            self._sampler.pass_index = self.passes
+            self._sampler.start = skip * (self.loader.batch_size or 1)
+        self._iterator = iter(self.loader)
+
     def __next__(self):
         if self._iterator is None:
-            self._iterator = iter(self.loader)
+            self._start_pass(self.position)
         try:
-            return next(self._iterator)
+            batch = next(self._iterator)
         except StopIteration:
             self.passes += 1
-            self._iterator = iter(self.loader)
+            self.position = 0
+            self._start_pass()
             try:
-                return next(self._iterator)
+                batch = next(self._iterator)
             except StopIteration:
                 raise DataError(
                     "the architecture loader yields no batches: use more images or a smaller --batch-size"
                 ) from None
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"passes": self.passes, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue after ``position`` batches of pass ``passes`` (needs a PassSampler and full
+        batches, i.e. drop_last, so that batches map to index offsets)."""
+        self.passes, self.position = int(state["passes"]), int(state["position"])
+        self._iterator = None
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -775,6 +800,43 @@ def _check_loader_args(batch_size: int, workers: int) -> None:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}: pass e.g. --batch-size 64")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"workers must be a non-negative integer, got {workers!r}: pass e.g. --workers 2")
+
+
+class PassSampler(torch.utils.data.Sampler):
+    """A shuffling sampler whose order is a pure function of ``(seed, pass_index)``.
+
+    Unlike ``shuffle=True`` (which draws each pass's order from a generator whose state moves
+    on), the order of any pass can be recreated on its own, and ``start`` skips the first indices
+    of the next pass without loading them: exactly what resuming a run mid-pass needs. Set
+    ``pass_index`` before iterating (the training loops set it to the epoch).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.pass_index = 0
+        self.start = 0  # indices of the next pass to skip (consumed before a resume)
+
+    def order(self, pass_index: int) -> list[int]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + pass_index) % 2**63)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        return iter(self.order(self.pass_index)[start:])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Give a shuffled loader the order of ``epoch`` (each epoch has its own, reproducibly)."""
+    sampler = loader.sampler
+    if isinstance(sampler, PassSampler) or hasattr(sampler, "set_epoch"):
+        if isinstance(sampler, PassSampler):
+            sampler.pass_index = epoch
+        else:
+            sampler.set_epoch(epoch)
 
 
 def _make_loader(
@@ -792,7 +854,7 @@ def _make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=PassSampler(len(dataset), seed) if shuffle else None,
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=torch.device(device_type).type == "cuda",

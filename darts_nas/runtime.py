@@ -43,8 +43,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def capture_rng_states() -> dict[str, Any]:
+    """Every global random state a run depends on, in types ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def settings_differences(saved: dict[str, Any], current: dict[str, Any], ignore: set[str]) -> list[str]:
+    """``name: saved -> current`` for every setting that differs, except those in ``ignore``."""
+    keys = sorted((set(saved) | set(current)) - ignore)
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
 def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
-                    owned_files: tuple[str, ...], finished_marker: str = FINISHED_MARKER) -> Path:
+                    owned_files: tuple[str, ...], finished_marker: str = FINISHED_MARKER,
+                    allow_unfinished: bool = False) -> Path:
     """Create (or reuse) the run directory, refusing to clobber an earlier run silently.
 
     With ``overwrite`` the files a run writes (``owned_files``) are removed first; anything else a
@@ -59,7 +89,7 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
         if (path / finished_marker).exists():
             raise RunDirError(f"{path} already holds a finished {kind} run: choose another --out, "
                               f"or pass --overwrite to replace it")
-        if (path / "config.json").exists():
+        if (path / "config.json").exists() and not allow_unfinished:
             raise RunDirError(f"{path} already holds an unfinished {kind} run: choose another --out, "
                               f"or pass --overwrite to start it again")
     try:

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 
 from .architect import METHODS
-from .checkpoint import atomic_write_text, save_checkpoint
+from .checkpoint import atomic_write_text, load_newest_valid, numbered_checkpoints, save_rotating
 from .config import SearchConfig
-from .data import search_data
+from .data import search_data, set_epoch
+from .errors import RunDirError
 from .engine import evaluate, search_one_epoch
-from .runtime import FINISHED_MARKER, environment, prepare_run_dir, resolve_device, seed_everything
+from .runtime import (FINISHED_MARKER, capture_rng_states, environment, prepare_run_dir, resolve_device,
+                      restore_rng_states, seed_everything, settings_differences)
 from .supernet import SEARCH_SPACES
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, remove_event_files
 
@@ -36,8 +38,41 @@ def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
     }
 
 
+# Settings that may change between a run and its resumption: where things are, how they are
+# shown, how fast they load. Everything else changes the model or the data and must match.
+RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
+                     "tensorboard", "keep_checkpoints"}
+
+
+def _resume_state(config: SearchConfig, out, log: RunLog, device: torch.device) -> dict[str, Any] | None:
+    """The newest valid checkpoint of an unfinished run in ``out`` (None to start afresh); a run
+    started with other settings is refused, naming them."""
+    config_file = out / "config.json"
+    if config.overwrite or not config_file.exists():
+        return None
+    saved = json.loads(config_file.read_text())["config"]
+    differences = settings_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+    if differences:
+        raise RunDirError(f"{out} holds an unfinished search started with other settings "
+                          f"({'; '.join(differences)}): rerun with the original settings to resume it, "
+                          f"or choose another --out, or pass --overwrite to start again")
+    return load_newest_valid(out, log.info, map_location=device)
+
+
+def _truncate_jsonl(path, epochs: int) -> None:
+    """Keep the records of the first ``epochs`` epochs (a resumed run rewrites the rest)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip()
+                and json.loads(line)["epoch"] <= epochs]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
-    """Run the search described by ``config``; returns the summary also written to summary.json."""
+    """Run the search described by ``config``; returns the summary also written to summary.json.
+
+    An unfinished run in ``config.out`` with the same settings is resumed from its newest valid
+    checkpoint and ends bit-identical (on CPU, with ``--workers 0``) to a run never interrupted.
+    """
     device = resolve_device(config.device)
     SEARCH_SPACES.get(config.space)
     METHODS.get(config.method)
@@ -45,23 +80,36 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     data = search_data(config.dataset, config.data, config.batch_size, config.train_portion,
                        seed=config.seed, workers=config.workers, download=config.download,
                        image_size=config.image_size, device_type=device.type)
-    out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES)
+    out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
+                          allow_unfinished=True)
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
-    # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
-    if config.overwrite:
-        remove_event_files(out)
-    diagrams = CellDiagrams(warn=log.info)
-    board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams)
     try:
-        return _search(config, data, device, log, board)
+        resume = _resume_state(config, out, log, device)
+        if resume is None and not config.overwrite:
+            for name in RUN_FILES:  # an unfinished run that never reached a checkpoint
+                if name != "log.txt":
+                    (out / name).unlink(missing_ok=True)
+            for path in numbered_checkpoints(out):
+                path.unlink()
+        if config.overwrite:
+            remove_event_files(out)
+            for path in numbered_checkpoints(out):
+                path.unlink()
+        # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
+        diagrams = CellDiagrams(warn=log.info)
+        board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,
+                            purge_step=resume["epoch"] + 1 if resume else None)
+        try:
+            return _search(config, data, device, log, board, resume)
+        finally:
+            board.close()
     finally:
-        board.close()
         log.close()
 
 
 def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
-            board: SearchBoard) -> dict[str, Any]:
+            board: SearchBoard, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     out = log.out
     info = data.info
     seed_everything(config.seed)
@@ -76,6 +124,18 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     architect = METHODS.get(config.method)(
         model, w_optimizer, lr=config.arch_learning_rate, betas=config.arch_betas,
         weight_decay=config.arch_weight_decay, unrolled=config.unrolled)
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        w_optimizer.load_state_dict(resume["w_optimizer"])
+        architect.optimizer.load_state_dict(resume["a_optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        data.arch_loader.load_state_dict(resume["arch_loader"])
+        restore_rng_states(resume["rng"])
+        start_epoch = resume["epoch"]
+        _truncate_jsonl(out / "metrics.jsonl", start_epoch)
+        _truncate_jsonl(out / "history.jsonl", start_epoch)
+        log.info(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
 
     n_weights = sum(p.numel() for p in model.weights())
     atomic_write_text(out / "config.json", json.dumps({
@@ -91,9 +151,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
              f"{info.num_classes} classes), {device}, {n_weights:,} weights -> {out}")
 
     start = time.perf_counter()
-    arch_eval = {"loss": float("nan"), "acc": float("nan")}
+    arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
     genotype = model.genotype()
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
+        set_epoch(data.weight_loader, epoch)
         metrics = search_one_epoch(
             model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
             grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
@@ -111,11 +172,14 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         genotype.save(out / "genotype.json")
         board.epoch(epoch + 1, record, {"normal": model.alphas_normal, "reduce": model.alphas_reduce},
                     config.primitives, genotype)
-        save_checkpoint(out / "checkpoint.pt", {
+        # Everything the rest of the run depends on, captured after the last draw of the epoch.
+        save_rotating(out, epoch + 1, {
             "kind": "search", "epoch": epoch + 1, "config": config.to_dict(),
             "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        })
+            "arch_loader": data.arch_loader.state_dict(), "rng": capture_rng_states(),
+            "arch_eval": arch_eval,
+        }, keep=config.keep_checkpoints)
         log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s")

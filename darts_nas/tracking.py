@@ -230,14 +230,16 @@ class _Board:
 
     LAYOUT: dict[str, dict[str, list]] = {}
 
-    def __init__(self, out: str | Path, enabled: bool = True, diagrams: CellDiagrams | None = None) -> None:
+    def __init__(self, out: str | Path, enabled: bool = True, diagrams: CellDiagrams | None = None,
+                 purge_step: int | None = None) -> None:
         self.out = Path(out)
         self.diagrams = diagrams if diagrams is not None else CellDiagrams()
         self.writer = None
         if enabled and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
-            self.writer = SummaryWriter(log_dir=str(self.out))
+            # purge_step: on resume, TensorBoard drops the earlier files' events from that step on.
+            self.writer = SummaryWriter(log_dir=str(self.out), purge_step=purge_step)
             self.writer.add_custom_scalars(self.LAYOUT)
 
     @property
@@ -305,8 +307,9 @@ class SearchBoard(_Board):
         },
     }
 
-    def __init__(self, out: str | Path, enabled: bool = True, diagrams: CellDiagrams | None = None) -> None:
-        super().__init__(out, enabled, diagrams)
+    def __init__(self, out: str | Path, enabled: bool = True, diagrams: CellDiagrams | None = None,
+                 purge_step: int | None = None) -> None:
+        super().__init__(out, enabled, diagrams, purge_step)
         self.final: dict[str, float] = {}
 
     def epoch(self, epoch: int, metrics: dict[str, Any], alphas: dict[str, Any], primitives: Sequence[str],

@@ -679,3 +679,30 @@ def test_pin_memory_only_for_cuda():
     assert loader.pin_memory
     loader = data._make_loader(torch.utils.data.TensorDataset(torch.zeros(4)), 2, False, 0, 0, "cpu")
     assert not loader.pin_memory
+
+
+def test_each_epoch_has_its_own_reproducible_order():
+    from darts_nas.data import set_epoch
+
+    sd = search_data("digits", None, batch_size=64, seed=0)
+    first = [y.tolist() for _, y in sd.weight_loader]
+    set_epoch(sd.weight_loader, 1)
+    second = [y.tolist() for _, y in sd.weight_loader]
+    set_epoch(sd.weight_loader, 0)
+    again = [y.tolist() for _, y in sd.weight_loader]
+    assert first != second and first == again
+
+
+def test_infinite_loader_resumes_mid_pass_without_loading_the_skipped_batches():
+    def labels(loader, n):
+        return [next(loader)[1].tolist() for _ in range(n)]
+
+    uninterrupted = search_data("digits", None, batch_size=64, seed=0).arch_loader
+    expected = labels(uninterrupted, 30)  # 11 full batches a pass: crosses two pass boundaries
+    first = search_data("digits", None, batch_size=64, seed=0).arch_loader
+    head = labels(first, 17)
+    state = first.state_dict()
+    assert state == {"passes": 1, "position": 6}
+    resumed = search_data("digits", None, batch_size=64, seed=0).arch_loader
+    resumed.load_state_dict(state)
+    assert head + labels(resumed, 13) == expected
