@@ -8,6 +8,7 @@ one. Loading uses ``torch.load(..., weights_only=True)``: nothing in a checkpoin
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, RunDirError
+from .runtime import settings_differences
 
 FORMAT_VERSION = 1
 
@@ -112,3 +114,42 @@ def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.de
         except CheckpointError as exc:
             warn(f"warning: {exc}; falling back to the previous checkpoint")
     return None
+
+
+def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set[str], warn,
+                      map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest valid checkpoint of an unfinished run in ``out``, or None to start afresh.
+
+    A run started with other settings (those not in ``ignore``) is refused, naming each one.
+    """
+    config_file = Path(out) / "config.json"
+    if not config_file.exists():
+        return None
+    try:
+        saved = json.loads(config_file.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
+        raise RunDirError(f"{config_file} is unreadable, so the unfinished {kind} run in {out} cannot be "
+                          f"resumed: pass --overwrite to start again, or choose another --out") from None
+    differences = settings_differences(saved, current, ignore)
+    if differences:
+        raise RunDirError(f"{out} holds an unfinished {kind} started with other settings "
+                          f"({'; '.join(differences)}): rerun with the original settings to resume it, "
+                          f"or choose another --out, or pass --overwrite to start again")
+    return load_newest_valid(out, warn, map_location)
+
+
+def clear_run_files(out: Path, run_files: tuple[str, ...]) -> None:
+    """Remove what a run writes (but its log) before it starts afresh in ``out``."""
+    for name in run_files:
+        if name != "log.txt":
+            (Path(out) / name).unlink(missing_ok=True)
+    for path in numbered_checkpoints(out):
+        path.unlink()
+
+
+def truncate_jsonl(path: Path, epochs: int) -> None:
+    """Keep the records of the first ``epochs`` epochs (a resumed run writes the rest again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= epochs]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

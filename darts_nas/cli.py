@@ -189,6 +189,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
     g.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the run directory (on by default)")
+    g.add_argument("--keep-checkpoints", type=int, default=None,
+                   help="keep the newest N per-epoch checkpoints (default 2); an interrupted run resumes from "
+                        "the newest valid one when the same command is run again")
     return p
 
 
@@ -205,7 +208,7 @@ def train_config_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
-        tensorboard=False if args.no_tensorboard else None,
+        tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,
     )
 
 

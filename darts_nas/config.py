@@ -176,6 +176,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     compare: tuple[str, ...] = ()
     tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.TrainBoard)
+    keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compare", tuple(self.compare))
@@ -194,7 +195,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; valid protocols are: {', '.join(PROTOCOLS)}")
-        for name in ("init_channels", "layers", "batch_size", "report_every"):
+        for name in ("init_channels", "layers", "batch_size", "report_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("epochs", "workers", "cutout"):

@@ -17,13 +17,12 @@ from typing import Any
 import torch
 
 from .architect import METHODS
-from .checkpoint import atomic_write_text, load_newest_valid, numbered_checkpoints, save_rotating
+from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
 from .config import SearchConfig
 from .data import search_data, set_epoch
-from .errors import RunDirError
 from .engine import evaluate, search_one_epoch
 from .runtime import (FINISHED_MARKER, capture_rng_states, environment, prepare_run_dir, resolve_device,
-                      restore_rng_states, seed_everything, settings_differences)
+                      restore_rng_states, seed_everything)
 from .supernet import SEARCH_SPACES
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, remove_event_files
 
@@ -44,29 +43,6 @@ RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device"
                      "tensorboard", "keep_checkpoints"}
 
 
-def _resume_state(config: SearchConfig, out, log: RunLog, device: torch.device) -> dict[str, Any] | None:
-    """The newest valid checkpoint of an unfinished run in ``out`` (None to start afresh); a run
-    started with other settings is refused, naming them."""
-    config_file = out / "config.json"
-    if config.overwrite or not config_file.exists():
-        return None
-    saved = json.loads(config_file.read_text())["config"]
-    differences = settings_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
-    if differences:
-        raise RunDirError(f"{out} holds an unfinished search started with other settings "
-                          f"({'; '.join(differences)}): rerun with the original settings to resume it, "
-                          f"or choose another --out, or pass --overwrite to start again")
-    return load_newest_valid(out, log.info, map_location=device)
-
-
-def _truncate_jsonl(path, epochs: int) -> None:
-    """Keep the records of the first ``epochs`` epochs (a resumed run rewrites the rest)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip()
-                and json.loads(line)["epoch"] <= epochs]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     """Run the search described by ``config``; returns the summary also written to summary.json.
 
@@ -85,17 +61,12 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
     try:
-        resume = _resume_state(config, out, log, device)
-        if resume is None and not config.overwrite:
-            for name in RUN_FILES:  # an unfinished run that never reached a checkpoint
-                if name != "log.txt":
-                    (out / name).unlink(missing_ok=True)
-            for path in numbered_checkpoints(out):
-                path.unlink()
+        resume = None if config.overwrite else resume_checkpoint(
+            out, "search", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
+        if resume is None:
+            clear_run_files(out, RUN_FILES)
         if config.overwrite:
             remove_event_files(out)
-            for path in numbered_checkpoints(out):
-                path.unlink()
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         diagrams = CellDiagrams(warn=log.info)
         board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,
@@ -133,8 +104,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         data.arch_loader.load_state_dict(resume["arch_loader"])
         restore_rng_states(resume["rng"])
         start_epoch = resume["epoch"]
-        _truncate_jsonl(out / "metrics.jsonl", start_epoch)
-        _truncate_jsonl(out / "history.jsonl", start_epoch)
+        truncate_jsonl(out / "metrics.jsonl", start_epoch)
+        truncate_jsonl(out / "history.jsonl", start_epoch)
         log.info(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
 
     n_weights = sum(p.numel() for p in model.weights())

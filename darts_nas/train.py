@@ -18,16 +18,20 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_text, save_checkpoint
+from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
 from .config import TrainConfig
-from .data import DatasetInfo, get_info, train_test_data
+from .data import DatasetInfo, get_info, set_epoch, train_test_data
 from .engine import evaluate, train_one_epoch
 from .genotype import Genotype, resolve
 from .network import NETWORKS, count_auxiliary_parameters, count_multiply_adds, count_parameters
-from .runtime import environment, prepare_run_dir, resolve_device, seed_everything
+from .runtime import (capture_rng_states, environment, prepare_run_dir, resolve_device, restore_rng_states,
+                      seed_everything)
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remove_event_files
 
 FINISHED = "metrics.json"
+# Settings that may change when an interrupted run is resumed; all others must match.
+RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
+                     "tensorboard", "keep_checkpoints", "compare"}
 RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED,
              *CELL_DIAGRAM_FILES)
 
@@ -80,17 +84,25 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
                                image_size=config.image_size, cutout=config.cutout,
                                device_type=device.type)
         info = data.info
-    out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED)
+    out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED,
+                          allow_unfinished=True)
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
-    # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
-    if config.overwrite:
-        remove_event_files(out)
-    board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info))
     try:
-        summary = _train(config, genotype, data, info, device, log, board)
+        resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
+            out, "training run", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
+        if resume is None:
+            clear_run_files(out, RUN_FILES)
+        if config.overwrite:
+            remove_event_files(out)
+        # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
+        board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
+                           purge_step=resume["epoch"] + 1 if resume else None)
+        try:
+            summary = _train(config, genotype, data, info, device, log, board, resume)
+        finally:
+            board.close()
     finally:
-        board.close()
         log.close()
     if compare:
         results = [{"cell": config.cell, **_headline(summary)}]
@@ -127,7 +139,7 @@ def comparison_table(results: list[dict[str, Any]]) -> str:
 
 
 def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
-           log: RunLog, board: TrainBoard) -> dict[str, Any]:
+           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     out = log.out
     seed_everything(config.seed)
     model = NETWORKS.get(config.network)(
@@ -162,7 +174,17 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                                                                    eta_min=config.learning_rate_min)
         else:
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
-        for epoch in range(config.epochs):
+        start_epoch = 0
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            restore_rng_states(resume["rng"])
+            start_epoch, final, best_acc = resume["epoch"], resume["test"], resume["best_test_acc"]
+            truncate_jsonl(out / "metrics.jsonl", start_epoch)
+            log.info(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
+        for epoch in range(start_epoch, config.epochs):
+            set_epoch(data.train_loader, epoch)
             model.drop_path_prob = drop_path_schedule(config.drop_path_prob, epoch, config.epochs)
             metrics = train_one_epoch(
                 model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
@@ -177,11 +199,12 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                       "elapsed": time.perf_counter() - start}
             log.append_jsonl("metrics.jsonl", record)
             board.epoch(epoch + 1, record)
-            save_checkpoint(out / "checkpoint.pt", {
+            save_rotating(out, epoch + 1, {
                 "kind": "train", "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "genotype": genotype.to_dict(),
-            })
+                "genotype": genotype.to_dict(), "rng": capture_rng_states(), "test": final,
+                "best_test_acc": best_acc,
+            }, keep=config.keep_checkpoints)
             log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  drop-path "
                      f"{model.drop_path_prob:.3f}  train loss {metrics['train_loss']:.4f} acc "
                      f"{metrics['train_acc']:.2f}%  test loss {final['loss']:.4f} acc {final['acc']:.2f}%  "

@@ -125,3 +125,38 @@ def test_checkpoint_holds_every_random_state(reference):
     for key in ("model", "w_optimizer", "a_optimizer", "scheduler", "config", "arch_eval"):
         assert key in state
     assert json.loads((reference / "summary.json").read_text())["finished"]
+
+
+TRAIN_ARGS = ["--cell", "darts_v2", "--dataset", "digits", "--init-channels", "4", "--layers", "3",
+              "--batch-size", "32", "--steps-per-epoch", "4", "--epochs", "3", "--quiet", "--no-tensorboard"]
+
+
+def test_killed_retraining_resumes_bit_identical(tmp_path):
+    from darts_nas.cli import train_main
+
+    reference = tmp_path / "reference"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_main([*TRAIN_ARGS, "--out", str(reference)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_final.py"), *TRAIN_ARGS, "--out", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_when(process, lambda: (out / "checkpoint-epoch0001.pt").exists())
+    assert not (out / "metrics.json").exists()
+    assert train_main([*TRAIN_ARGS, "--out", str(out)]) == 0  # drop-path, cutout and aux loss included
+
+    def strip(path):
+        return [{k: v for k, v in m.items() if k not in TIMING | {"images_per_s"}} for m in read_jsonl(path)]
+
+    assert strip(reference / "metrics.jsonl") == strip(out / "metrics.jsonl")
+    a, b = load_checkpoint(reference / "checkpoint.pt")["model"], load_checkpoint(out / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary_a = json.loads((reference / "metrics.json").read_text())
+    summary_b = json.loads((out / "metrics.json").read_text())
+    assert summary_a["final_test_acc"] == summary_b["final_test_acc"]
+    assert summary_a["best_test_acc"] == summary_b["best_test_acc"]
