@@ -106,20 +106,25 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     )
 
 
-def search_main(argv: Sequence[str] | None = None) -> int:
-    args = build_search_parser().parse_args(argv)
-    from .search import run  # imported here so --help stays fast
-
+def _run(run, make_config, quiet: bool) -> int:
+    """Call ``run(make_config())``; our own errors (invalid settings included) become one line on
+    stderr and exit status 2."""
     try:
-        run(search_config_from_args(args), quiet=args.quiet)
+        run(make_config(), quiet=quiet)
     except DartsNasError as exc:
         print_error(str(exc))
         return 2
     except KeyboardInterrupt:
-        print_error("interrupted; the last finished epoch's checkpoint.pt and genotype.json are in the run directory")
+        print_error("interrupted; run the same command again to resume after the last finished epoch")
         return 130
     return 0
 
+
+def search_main(argv: Sequence[str] | None = None) -> int:
+    args = build_search_parser().parse_args(argv)
+    from .search import run  # imported here so --help stays fast
+
+    return _run(run, lambda: search_config_from_args(args), args.quiet)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -216,12 +221,4 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = build_train_parser().parse_args(argv)
     from .train import run
 
-    try:
-        run(train_config_from_args(args), quiet=args.quiet)
-    except DartsNasError as exc:
-        print_error(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        print_error("interrupted; the last finished epoch's checkpoint.pt is in the run directory")
-        return 130
-    return 0
+    return _run(run, lambda: train_config_from_args(args), args.quiet)

@@ -14,8 +14,42 @@ from .errors import ConfigError
 from .genotype import PRIMITIVES
 
 
+class _Settings:
+    """JSON round trip shared by the settings dataclasses (tuples are stored as lists)."""
+
+    KIND = "settings"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.KIND} settings {unknown}; valid settings are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{cls.KIND} settings are not valid JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.KIND} settings must be a JSON object")
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(_Settings):
+    KIND = "search"
     # data
     dataset: str = "cifar10"
     data: str = "data"
@@ -85,35 +119,6 @@ class SearchConfig:
         if len(self.primitives) == 0:
             raise ConfigError("--ops needs at least one candidate op")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["primitives"] = list(self.primitives)
-        d["arch_betas"] = list(self.arch_betas)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown search settings {unknown}; valid settings are {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "SearchConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"search settings are not valid JSON ({exc})") from None
-        if not isinstance(d, dict):
-            raise ConfigError("search settings must be a JSON object")
-        return cls.from_dict(d)
-
-    def replace(self, **changes: Any) -> "SearchConfig":
-        return dataclasses.replace(self, **changes)
 
 
 
@@ -137,8 +142,10 @@ LR_SCHEDULES = ("cosine", "step")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Settings):
     """Settings of a final (retraining) run; defaults are the CIFAR protocol."""
+
+    KIND = "training"
 
     cell: str = "darts_v2"
     protocol: str = "cifar"
@@ -221,21 +228,3 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["compare"] = list(self.compare)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training settings {unknown}; valid settings are {sorted(known)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
