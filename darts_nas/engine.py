@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -41,10 +42,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     seen = 0
     start = time.perf_counter()
     step = 0
-    for step, batch in enumerate(weight_loader, start=1):
-        if step > total:
-            step -= 1
-            break
+    for step, batch in enumerate(islice(weight_loader, total), start=1):
         x, y = _to(batch, device)
         xv, yv = _to(next(arch_batches), device)
         arch_out = architect.step((x, y), (xv, yv), xi)
@@ -104,10 +102,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     seen = 0
     start = time.perf_counter()
     step = 0
-    for step, batch in enumerate(loader, start=1):
-        if step > total:
-            step -= 1
-            break
+    for step, batch in enumerate(islice(loader, total), start=1):
         x, y = _to(batch, device)
         optimizer.zero_grad(set_to_none=True)
         logits, logits_aux = model(x)

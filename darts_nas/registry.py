@@ -7,7 +7,7 @@ valid ones, so a typo on the command line gets a one-line answer.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from .errors import ConfigError
 
@@ -56,5 +56,3 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._items)
 
-
-Factory = Callable[..., object]

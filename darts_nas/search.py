@@ -63,9 +63,8 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     try:
         resume = None if config.overwrite else resume_checkpoint(
             out, "search", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
-        if resume is None:
+        if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
             clear_run_files(out, RUN_FILES)
-        if config.overwrite:
             remove_event_files(out)
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         diagrams = CellDiagrams(warn=log.info)

@@ -91,9 +91,8 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     try:
         resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
             out, "training run", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
-        if resume is None:
+        if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
             clear_run_files(out, RUN_FILES)
-        if config.overwrite:
             remove_event_files(out)
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
