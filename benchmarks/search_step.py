@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from darts_nas.accel import Speed  # noqa: E402
 from darts_nas.architect import Architect  # noqa: E402
 from darts_nas.runtime import resolve_device  # noqa: E402
 from darts_nas.supernet import Supernet  # noqa: E402
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_search.py --amp)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the supernet")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     return p.parse_args(argv)
 
@@ -58,15 +62,18 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    speed = Speed(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     torch.manual_seed(args.seed)
-    model = Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
-                     steps=args.nodes, in_channels=args.in_channels).to(device)
+    model = speed.prepare(Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
+                                   steps=args.nodes, in_channels=args.in_channels))
     w_opt = torch.optim.SGD(model.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    architect = Architect(model, w_opt, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, unrolled=args.unrolled)
+    architect = Architect(model, w_opt, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, unrolled=args.unrolled,
+                          autocast=speed.autocast)
     shape = (args.batch_size, args.in_channels, args.image_size, args.image_size)
 
     def batch():
-        return (torch.randn(shape, device=device), torch.randint(0, args.classes, (args.batch_size,), device=device))
+        return speed.batch((torch.randn(shape, device=device),
+                            torch.randint(0, args.classes, (args.batch_size,), device=device)))
 
     def sync():
         if device.type == "cuda":
@@ -85,7 +92,8 @@ def main(argv=None) -> dict:
         sync()
         t1 = time.perf_counter()
         w_opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(train[0]), train[1])
+        with speed.autocast():
+            loss = F.cross_entropy(model(train[0]), train[1])
         sync()
         t2 = time.perf_counter()
         loss.backward(inputs=weights)
@@ -103,7 +111,7 @@ def main(argv=None) -> dict:
         "benchmark": "search_step",
         "order": "second" if args.unrolled else "first",
         "batch_size": args.batch_size, "init_channels": args.init_channels, "layers": args.layers,
-        "nodes": args.nodes, "image_size": args.image_size,
+        "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe(),
         "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "steps": args.steps,
@@ -116,7 +124,7 @@ def main(argv=None) -> dict:
         result["gpu"] = torch.cuda.get_device_name(device)
     if not args.json:
         m = result["median_s"]
-        print(f"{result['order']} order, batch {args.batch_size}, C={args.init_channels}, {args.layers} cells, "
+        print(f"{result['order']} order ({speed.describe()}), batch {args.batch_size}, C={args.init_channels}, {args.layers} cells, "
               f"{args.image_size}x{args.image_size} on {device}: {m['step']:.3f} s/step "
               f"(arch {m['arch_step']:.3f}, weight fwd {m['weight_forward']:.3f}, "
               f"weight bwd+update {m['weight_backward_update']:.3f}), peak RSS {result['peak_rss_mb']:.0f} MB")

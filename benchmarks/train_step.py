@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from darts_nas.accel import Speed  # noqa: E402
 from darts_nas.genotype import resolve  # noqa: E402
 from darts_nas.network import NETWORKS, count_parameters  # noqa: E402
 from darts_nas.runtime import resolve_device  # noqa: E402
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_final.py --amp)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
     return p.parse_args(argv)
 
 
@@ -56,7 +60,10 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     auxiliary = not args.no_auxiliary
     model = NETWORKS.get(args.network)(genotype=resolve(args.cell), C=args.init_channels, layers=args.layers,
-                                       num_classes=args.classes, auxiliary=auxiliary).to(device)
+                                       num_classes=args.classes, auxiliary=auxiliary)
+    params = count_parameters(model)
+    speed = Speed(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    model = speed.prepare(model)
     model.drop_path_prob = args.drop_path_prob
     optimizer = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
@@ -68,17 +75,18 @@ def main(argv=None) -> dict:
     times = {"forward": [], "backward_update": [], "step": []}
     model.train()
     for i in range(args.warmup + args.steps):
-        x = torch.randn(shape, device=device)
-        y = torch.randint(0, args.classes, (args.batch_size,), device=device)
+        x, y = speed.batch((torch.randn(shape, device=device),
+                            torch.randint(0, args.classes, (args.batch_size,), device=device)))
         if i == args.warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync()
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        logits, logits_aux = model(x)
-        loss = F.cross_entropy(logits, y)
-        if logits_aux is not None:
-            loss = loss + 0.4 * F.cross_entropy(logits_aux, y)
+        with speed.autocast():
+            logits, logits_aux = model(x)
+            loss = F.cross_entropy(logits, y)
+            if logits_aux is not None:
+                loss = loss + 0.4 * F.cross_entropy(logits_aux, y)
         sync()
         t1 = time.perf_counter()
         loss.backward()
@@ -94,7 +102,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "train_step", "cell": args.cell, "network": args.network, "batch_size": args.batch_size,
         "init_channels": args.init_channels, "layers": args.layers, "image_size": args.image_size,
-        "auxiliary": auxiliary, "params": count_parameters(model), "device": str(device),
+        "auxiliary": auxiliary, "params": params, "speed": speed.describe(), "device": str(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "steps": args.steps, "median_s": {k: statistics.median(v) for k, v in times.items()},
         "all_step_s": times["step"],

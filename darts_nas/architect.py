@@ -18,7 +18,8 @@ sharing) plugs in there with its own architect class.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,13 @@ METHODS: Registry = Registry("search method")
 Batch = Sequence[torch.Tensor]  # (images (B, C, H, W), labels (B,))
 
 
+def _grads(loss: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d tensors, with zeros for tensors the loss does not use (e.g. the normal
+    cell's alphas of a supernet whose every cell reduces, as with --layers 2)."""
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+
+
 @METHODS.register("darts")
 class Architect:
     """Updates the supernet's alphas with Adam from first- or second-order hypergradients.
@@ -42,8 +50,12 @@ class Architect:
 
     def __init__(self, model: Supernet, w_optimizer: torch.optim.SGD, lr: float = 3e-4,
                  betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
-                 unrolled: bool = False, hessian_r: float = 1e-2) -> None:
+                 unrolled: bool = False, hessian_r: float = 1e-2,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         self.model = model
+        # Context of the forward passes (bf16 autocast with --amp); the finite-difference
+        # Hessian-vector product runs in float32 regardless.
+        self.autocast = autocast
         self.w_optimizer = w_optimizer
         self.unrolled = unrolled
         self.hessian_r = hessian_r
@@ -53,22 +65,23 @@ class Architect:
         self._weights = [p for _, p in model.named_weights()]
 
     # -- functional evaluation -------------------------------------------------------------
-    def loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None
+    def loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None, float32: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the supernet on ``batch`` with ``weights`` in place of the real ones
-        (the real ones when None). BatchNorm buffers are copied, never updated."""
+        (the real ones when None). BatchNorm buffers are copied, never updated. ``float32``
+        turns autocast off for this pass."""
         x, y = batch
         state = {n: b.clone() for n, b in self.model.named_buffers()}
         if weights is not None:
             state.update(zip(self._names, weights))
-        logits = functional_call(self.model, state, (x,))
-        return F.cross_entropy(logits, y), logits
+        with torch.autocast(x.device.type, enabled=False) if float32 else self.autocast():
+            logits = functional_call(self.model, state, (x,))
+            return F.cross_entropy(logits, y), logits
 
     # -- gradients ---------------------------------------------------------------------------
     def first_order_grad(self, val_batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         loss, logits = self.loss(val_batch)
-        grads = torch.autograd.grad(loss, self.model.arch_parameters())
-        return list(grads), loss.detach(), logits.detach()
+        return _grads(loss, self.model.arch_parameters()), loss.detach(), logits.detach()
 
     def virtual_step(self, train_batch: Batch, xi: float) -> list[torch.Tensor]:
         """w' = w - xi * (momentum * v + grad_w L_train(w, a) + wd * w), detached."""
@@ -98,11 +111,11 @@ class Architect:
         eps = self.hessian_r / norm
         with torch.no_grad():
             w_plus = [p + eps * v for p, v in zip(self._weights, vector)]
-        g_plus = torch.autograd.grad(self.loss(train_batch, w_plus)[0], alphas)
+        g_plus = _grads(self.loss(train_batch, w_plus, float32=True)[0], alphas)
         del w_plus
         with torch.no_grad():
             w_minus = [p - eps * v for p, v in zip(self._weights, vector)]
-        g_minus = torch.autograd.grad(self.loss(train_batch, w_minus)[0], alphas)
+        g_minus = _grads(self.loss(train_batch, w_minus, float32=True)[0], alphas)
         return [(gp - gm) / (2 * eps) for gp, gm in zip(g_plus, g_minus)]
 
     def unrolled_grad(self, train_batch: Batch, val_batch: Batch, xi: float
@@ -110,9 +123,8 @@ class Architect:
         alphas = self.model.arch_parameters()
         virtual = [w.requires_grad_(True) for w in self.virtual_step(train_batch, xi)]
         loss, logits = self.loss(val_batch, virtual)
-        grads = torch.autograd.grad(loss, alphas + virtual, allow_unused=True)
-        d_alpha = grads[: len(alphas)]
-        d_virtual = [torch.zeros_like(w) if g is None else g for w, g in zip(virtual, grads[len(alphas):])]
+        grads = _grads(loss, alphas + virtual)
+        d_alpha, d_virtual = grads[: len(alphas)], grads[len(alphas):]
         del virtual, grads
         implicit = self.hessian_vector_product(d_virtual, train_batch)
         return [da - xi * h for da, h in zip(d_alpha, implicit)], loss.detach(), logits.detach()

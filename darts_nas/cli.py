@@ -87,6 +87,7 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help="keep the newest N per-epoch checkpoints (checkpoint-epochNNNN.pt); an interrupted "
                         "run resumes from the newest valid one when the same command is run again")
+    _add_speed_flags(p)
     return p
 
 
@@ -103,7 +104,26 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         unrolled=args.unrolled, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
+        **_speed_settings(args),
     )
+
+
+def _add_speed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speed (results stay the same up to floating-point rounding; see BENCHMARKS.md)")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision: forward passes in bfloat16 autocast, weights and optimizers in float32 "
+                        "(the second-order Hessian-vector product always runs in float32)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format for weights and images (faster depthwise/dilated convolutions)")
+    g.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
+    g.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the whole dataset on the GPU and augment it there in batches (CIFAR-style data); "
+                        "default: on when running on CUDA with such data")
+
+
+def _speed_settings(args: argparse.Namespace) -> dict:
+    return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
+            "gpu_data": args.gpu_data}
 
 
 def _run(run, make_config, quiet: bool) -> int:
@@ -197,6 +217,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int, default=None,
                    help="keep the newest N per-epoch checkpoints (default 2); an interrupted run resumes from "
                         "the newest valid one when the same command is run again")
+    _add_speed_flags(p)
     return p
 
 
@@ -214,6 +235,7 @@ def train_config_from_args(args: argparse.Namespace):
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,
+        **_speed_settings(args),
     )
 
 

@@ -85,6 +85,11 @@ class SearchConfig(_Settings):
     steps_per_epoch: int | None = None  # cap on steps per epoch (smoke tests, benchmarks)
     tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.SearchBoard)
     keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
+    # speed (darts_nas.accel, darts_nas.device_data)
+    amp: bool = False  # bf16 autocast of the forward passes
+    channels_last: bool = False  # NHWC memory format
+    compile: bool = False  # torch.compile the network
+    gpu_data: bool | None = None  # dataset and augmentation on the GPU; None: on CUDA for CIFAR-style data
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "primitives", tuple(self.primitives))
@@ -184,6 +189,11 @@ class TrainConfig(_Settings):
     compare: tuple[str, ...] = ()
     tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.TrainBoard)
     keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
+    # speed (darts_nas.accel, darts_nas.device_data)
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    gpu_data: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compare", tuple(self.compare))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from itertools import islice
 from typing import Callable, Iterable, Iterator
@@ -17,20 +18,27 @@ class NonFiniteLossError(DartsNasError):
     """The loss became NaN or infinite."""
 
 
-def _to(batch, device: torch.device):
+def _to(batch, device: torch.device, speed=None):
+    if speed is not None:
+        return speed.batch(batch)
     x, y = batch
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _autocast(speed):
+    return contextlib.nullcontext() if speed is None else speed.autocast()
 
 
 def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_batches: Iterator,
                      w_optimizer: torch.optim.Optimizer, *, device: torch.device, grad_clip: float,
                      epoch: int, max_steps: int | None = None, report_every: int = 50,
-                     log: Callable[[str], None] | None = None) -> dict[str, float]:
+                     log: Callable[[str], None] | None = None, speed=None) -> dict[str, float]:
     """One epoch of the alternating bilevel search.
 
     Per step (REFERENCE section 3): an architecture step on the next batch of the architecture
     half, then an SGD step on the weights with a batch of the weight half. ``xi`` of the
-    second-order step is the weights' learning rate of this epoch.
+    second-order step is the weights' learning rate of this epoch. ``speed`` (a
+    :class:`darts_nas.accel.Speed`) sets autocast and the input memory format.
     """
     model.train()
     weights = model.weights()
@@ -43,13 +51,14 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     start = time.perf_counter()
     step = 0
     for step, batch in enumerate(islice(weight_loader, total), start=1):
-        x, y = _to(batch, device)
-        xv, yv = _to(next(arch_batches), device)
+        x, y = _to(batch, device, speed)
+        xv, yv = _to(next(arch_batches), device, speed)
         arch_out = architect.step((x, y), (xv, yv), xi)
 
         w_optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with _autocast(speed):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
@@ -90,7 +99,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, grad_clip: float, epoch: int, auxiliary_weight: float = 0.0,
                     label_smoothing: float = 0.0, max_steps: int | None = None, report_every: int = 50,
-                    log: Callable[[str], None] | None = None) -> dict[str, float]:
+                    log: Callable[[str], None] | None = None, speed=None) -> dict[str, float]:
     """One epoch of ordinary training of a final network (``forward -> (logits, logits_aux)``).
 
     The auxiliary head's loss is added with weight ``auxiliary_weight`` when the model returns
@@ -103,12 +112,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     start = time.perf_counter()
     step = 0
     for step, batch in enumerate(islice(loader, total), start=1):
-        x, y = _to(batch, device)
+        x, y = _to(batch, device, speed)
         optimizer.zero_grad(set_to_none=True)
-        logits, logits_aux = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        if logits_aux is not None and auxiliary_weight > 0:
-            loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=label_smoothing)
+        with _autocast(speed):
+            logits, logits_aux = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            if logits_aux is not None and auxiliary_weight > 0:
+                loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
@@ -139,7 +149,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=None) -> dict[str, float]:
     """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics)."""
     was_training = model.training
     model.eval()
@@ -147,11 +157,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[s
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     for batch in loader:
-        x, y = _to(batch, device)
-        logits = model(x)
+        x, y = _to(batch, device, speed)
+        with _autocast(speed):
+            logits = model(x)
         if isinstance(logits, tuple):  # final networks return (logits, logits_aux)
             logits = logits[0]
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum().double()
         seen += y.numel()
     model.train(was_training)

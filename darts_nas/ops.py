@@ -38,7 +38,18 @@ class Identity(nn.Module):
         return x
 
 
-class ReLUConvBN(nn.Sequential):
+class _ReLUFirst(nn.Sequential):
+    """A sequence that starts with a ReLU. ``after_relu(relu(x)) == self(x)``: the supernet
+    computes one ReLU per edge and shares it among the ops that start with one."""
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        for i, module in enumerate(self):
+            if i:
+                x = module(x)
+        return x
+
+
+class ReLUConvBN(_ReLUFirst):
     """ReLU, k x k conv (no bias), BN: the cell-input preprocessing and a building block."""
 
     def __init__(self, C_in: int, C_out: int, kernel_size, stride, padding, affine: bool = True) -> None:
@@ -49,7 +60,7 @@ class ReLUConvBN(nn.Sequential):
         )
 
 
-class DilConv(nn.Sequential):
+class DilConv(_ReLUFirst):
     """ReLU, depthwise k x k conv (dilation d), pointwise 1x1 conv, BN."""
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
@@ -73,6 +84,9 @@ class SepConv(nn.Sequential):
             DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine),
         )
 
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        return self[1](self[0].after_relu(x))
+
 
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing pixels: two stride-2 1x1 convs, the second on the
@@ -93,12 +107,14 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.after_relu(self.relu(x))
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # (B, C, H, W), moved up-left by one pixel
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 
-class Conv7x1x7(nn.Sequential):
+class Conv7x1x7(_ReLUFirst):
     """ReLU, 1x7 conv (stride (1, s)), 7x1 conv (stride (s, 1)), BN (NASNet/AmoebaNet op)."""
 
     def __init__(self, C: int, stride: int, affine: bool = True) -> None:

@@ -16,10 +16,13 @@ from typing import Any
 
 import torch
 
+from .accel import Speed, batch_too_large, free_device_memory, is_out_of_memory, largest_fitting_batch
 from .architect import METHODS
 from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
 from .config import SearchConfig
 from .data import search_data, set_epoch
+from .device_data import describe as describe_loader
+from .device_data import search_data_on_device, use_device_data
 from .engine import evaluate, search_one_epoch
 from .runtime import (FINISHED_MARKER, capture_rng_states, environment, prepare_run_dir, resolve_device,
                       restore_rng_states, seed_everything)
@@ -40,7 +43,7 @@ def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
 # Settings that may change between a run and its resumption: where things are, how they are
 # shown, how fast they load. Everything else changes the model or the data and must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
-                     "tensorboard", "keep_checkpoints"}
+                     "tensorboard", "keep_checkpoints", "amp", "channels_last", "compile", "gpu_data"}
 
 
 def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
@@ -50,12 +53,15 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     checkpoint and ends bit-identical (on CPU, with ``--workers 0``) to a run never interrupted.
     """
     device = resolve_device(config.device)
+    speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     SEARCH_SPACES.get(config.space)
     METHODS.get(config.method)
     # Data first: a missing dataset should fail before anything is written.
     data = search_data(config.dataset, config.data, config.batch_size, config.train_portion,
                        seed=config.seed, workers=config.workers, download=config.download,
                        image_size=config.image_size, device_type=device.type)
+    if use_device_data(config.gpu_data, device, data.info):
+        data = search_data_on_device(data, device)
     out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
                           allow_unfinished=True)
     config = config.replace(out=str(out))
@@ -71,29 +77,62 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
         board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,
                             purge_step=resume["epoch"] + 1 if resume else None)
         try:
-            return _search(config, data, device, log, board, resume)
+            try:
+                return _search(config, data, device, log, board, resume, speed)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            # Out of memory: outside the except block, so the failed step's tensors (held by the
+            # traceback) are freed before probing which batch size fits.
+            free_device_memory(device)
+            fitting = largest_fitting_batch(
+                lambda b: probe_step(config, data.info, speed, b), config.batch_size, device)
+            raise batch_too_large(device, config.batch_size, fitting)
         finally:
             board.close()
     finally:
         log.close()
 
 
-def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
-            board: SearchBoard, resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = log.out
-    info = data.info
-    seed_everything(config.seed)
-    model = SEARCH_SPACES.get(config.space)(
+def build_search(config: SearchConfig, info, speed: Speed):
+    """The supernet (on the device, in the chosen format), its weights' SGD and the architect."""
+    model = speed.prepare(SEARCH_SPACES.get(config.space)(
         C=config.init_channels, num_classes=info.num_classes, layers=config.layers,
         steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives,
-    ).to(device)
+    ))
     w_optimizer = torch.optim.SGD(model.weights(), lr=config.learning_rate, momentum=config.momentum,
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
     architect = METHODS.get(config.method)(
         model, w_optimizer, lr=config.arch_learning_rate, betas=config.arch_betas,
-        weight_decay=config.arch_weight_decay, unrolled=config.unrolled)
+        weight_decay=config.arch_weight_decay, unrolled=config.unrolled, autocast=speed.autocast)
+    return model, w_optimizer, architect
+
+
+def probe_step(config: SearchConfig, info, speed: Speed, batch_size: int) -> None:
+    """One search step at ``batch_size`` on random data with a fresh supernet: raises the
+    device's out-of-memory error if that batch does not fit."""
+    model, w_optimizer, architect = build_search(config, info, speed)
+    shape = (batch_size, info.in_channels, info.image_size, info.image_size)
+
+    def batch():
+        return torch.randn(shape), torch.randint(0, info.num_classes, (batch_size,))
+
+    search_one_epoch(model, architect, [batch()], iter([batch()]), w_optimizer, device=speed.device,
+                     grad_clip=config.grad_clip, epoch=0, speed=speed)
+    if speed.device.type == "cuda":
+        torch.cuda.synchronize(speed.device)
+
+
+def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
+            board: SearchBoard, resume: dict[str, Any] | None = None, speed: Speed | None = None
+            ) -> dict[str, Any]:
+    out = log.out
+    info = data.info
+    speed = speed or Speed(device)
+    seed_everything(config.seed)
+    model, w_optimizer, architect = build_search(config, info, speed)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
     start_epoch = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -118,7 +157,9 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     order = "second order (unrolled)" if config.unrolled else "first order"
     log.info(f"DARTS search, {order}, on {info.name} ({data.num_weight} weight / {data.num_arch} "
              f"architecture images, {info.in_channels}x{info.image_size}x{info.image_size}, "
-             f"{info.num_classes} classes), {device}, {n_weights:,} weights -> {out}")
+             f"{info.num_classes} classes), {device} ({speed.describe()}, "
+             f"{describe_loader(data.weight_loader)} data), "
+             f"{n_weights:,} weights -> {out}")
 
     start = time.perf_counter()
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
@@ -128,8 +169,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         metrics = search_one_epoch(
             model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
             grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
-            report_every=config.report_every, log=log.info)
-        arch_eval = evaluate(model, data.arch_eval_loader, device)
+            report_every=config.report_every, log=log.info, speed=speed)
+        arch_eval = evaluate(model, data.arch_eval_loader, device, speed)
         scheduler.step()
         genotype = model.genotype()
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,

@@ -35,7 +35,10 @@ class MixedOp(nn.Module):
     """One edge of the supernet: a softmax-weighted sum of every candidate op.
 
     ``none`` contributes exactly zero, so it is not built and not computed; its alpha still takes
-    part in the softmax (as in the paper), it just multiplies nothing.
+    part in the softmax (as in the paper), it just multiplies nothing. The ops that start with a
+    ReLU (convolutions, and the factorized reduce of ``skip_connect`` at stride 2) share one
+    ``relu(x)`` through their ``after_relu``: the same result, with one ReLU and one saved
+    activation per edge instead of one per op.
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
@@ -50,12 +53,20 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             self.ops.append(op)
             self.op_index.append(k)
+        self.shares_relu = [hasattr(op, "after_relu") for op in self.ops]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W); weights: (num_ops,) softmaxed alphas of this edge
         out = None
-        for k, op in zip(self.op_index, self.ops):
-            y = weights[k] * op(x)
+        relu_x = None
+        for k, op, shares in zip(self.op_index, self.ops, self.shares_relu):
+            if shares:
+                if relu_x is None:
+                    relu_x = F.relu(x)
+                y = op.after_relu(relu_x)
+            else:
+                y = op(x)
+            y = weights[k] * y
             out = y if out is None else out + y
         return out
 

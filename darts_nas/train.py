@@ -18,9 +18,12 @@ from typing import Any
 
 import torch
 
+from .accel import Speed, batch_too_large, free_device_memory, is_out_of_memory, largest_fitting_batch
 from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
+from .device_data import describe as describe_loader
+from .device_data import train_test_data_on_device, use_device_data
 from .engine import evaluate, train_one_epoch
 from .genotype import Genotype, resolve
 from .network import NETWORKS, count_auxiliary_parameters, count_multiply_adds, count_parameters
@@ -31,7 +34,8 @@ from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remo
 FINISHED = "metrics.json"
 # Settings that may change when an interrupted run is resumed; all others must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
-                     "tensorboard", "keep_checkpoints", "compare"}
+                     "tensorboard", "keep_checkpoints", "compare", "amp", "channels_last", "compile",
+                     "gpu_data"}
 RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED,
              *CELL_DIAGRAM_FILES)
 
@@ -70,6 +74,7 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     ``config.compare``, the same protocol then trains each compared cell in a subdirectory and the
     summary lists all results."""
     device = resolve_device(config.device)
+    speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     genotype = resolve(config.cell)
     NETWORKS.get(config.network)
     compare = [(spec, resolve(spec)) for spec in config.compare]
@@ -84,6 +89,8 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
                                image_size=config.image_size, cutout=config.cutout,
                                device_type=device.type)
         info = data.info
+        if use_device_data(config.gpu_data, device, info):
+            data = train_test_data_on_device(data, device, config.cutout)
     out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED,
                           allow_unfinished=True)
     config = config.replace(out=str(out))
@@ -98,7 +105,19 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
                            purge_step=resume["epoch"] + 1 if resume else None)
         try:
-            summary = _train(config, genotype, data, info, device, log, board, resume)
+            try:
+                summary = _train(config, genotype, data, info, device, log, board, resume, speed)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                summary = None
+            if summary is None:
+                # Out of memory: outside the except block, so the failed step's tensors (held by
+                # the traceback) are freed before probing which batch size fits.
+                free_device_memory(device)
+                fitting = largest_fitting_batch(
+                    lambda b: probe_step(config, genotype, info, speed, b), config.batch_size, device)
+                raise batch_too_large(device, config.batch_size, fitting)
         finally:
             board.close()
     finally:
@@ -137,15 +156,35 @@ def comparison_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
-           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = log.out
-    seed_everything(config.seed)
-    model = NETWORKS.get(config.network)(
+def build_network(config: TrainConfig, genotype: Genotype, info: DatasetInfo) -> torch.nn.Module:
+    return NETWORKS.get(config.network)(
         genotype=genotype, C=config.init_channels, layers=config.layers, num_classes=info.num_classes,
         auxiliary=config.auxiliary, in_channels=info.in_channels)
+
+
+def probe_step(config: TrainConfig, genotype: Genotype, info: DatasetInfo, speed: Speed, batch_size: int) -> None:
+    """One training step at ``batch_size`` on random data with a fresh network: raises the
+    device's out-of-memory error if that batch does not fit."""
+    model = speed.prepare(build_network(config, genotype, info))
+    model.drop_path_prob = config.drop_path_prob
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
+    x = torch.randn(batch_size, info.in_channels, info.image_size, info.image_size)
+    y = torch.randint(0, info.num_classes, (batch_size,))
+    train_one_epoch(model, [(x, y)], optimizer, device=speed.device, grad_clip=config.grad_clip, epoch=0,
+                    auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0, speed=speed)
+    if speed.device.type == "cuda":
+        torch.cuda.synchronize(speed.device)
+
+
+def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
+           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None, speed: Speed | None = None
+           ) -> dict[str, Any]:
+    out = log.out
+    speed = speed or Speed(device)
+    seed_everything(config.seed)
+    model = build_network(config, genotype, info)
     sizes = network_sizes(model, info)
-    model = model.to(device)
+    model = speed.prepare(model)
     genotype.save(out / "genotype.json", extra={"cell": config.cell})
     board.diagrams.write(genotype, out)
     board.start(genotype, sizes)
@@ -160,7 +199,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
     log.info(f"{config.network} network of {config.cell!r}: {config.layers} cells, C={config.init_channels}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
              f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
-             f"{info.image_size}, on {device} -> {out}")
+             f"{info.image_size}, on {device} ({speed.describe()}"
+             f"{', ' + describe_loader(data.train_loader) + ' data' if data else ''}) -> {out}")
 
     start = time.perf_counter()
     final = {"loss": float("nan"), "acc": float("nan")}
@@ -189,8 +229,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
                 auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
                 label_smoothing=config.label_smoothing, max_steps=config.steps_per_epoch,
-                report_every=config.report_every, log=log.info)
-            final = evaluate(model, data.test_loader, device)
+                report_every=config.report_every, log=log.info, speed=speed)
+            final = evaluate(model, data.test_loader, device, speed)
             scheduler.step()
             best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
             record = {"epoch": epoch + 1, **metrics, "drop_path_prob": model.drop_path_prob,

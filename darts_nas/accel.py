@@ -1,0 +1,140 @@
+"""Speed settings that do not change what is computed, only how: mixed precision, memory
+format, compilation, and a clear answer when a batch does not fit in GPU memory.
+
+* ``--amp``: forward passes run under ``torch.autocast`` in bfloat16 (convolutions and matrix
+  products in bf16, reductions and the loss in float32; weights, gradients and optimizer state
+  stay float32). bf16 has float32's range, so no loss scaling is needed. The finite-difference
+  Hessian-vector product of the second-order search always runs in float32: the difference of two
+  nearly equal gradients divided by a tiny epsilon would be bf16 rounding noise otherwise.
+* ``--channels-last``: weights and input batches in NHWC order, which cuDNN (and oneDNN on CPU)
+  run faster for the depthwise and dilated convolutions that fill a DARTS cell.
+* ``--compile``: ``nn.Module.compile`` (torch.compile in place, so parameter names, state dicts
+  and ``torch.func.functional_call`` keep working).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, DartsNasError
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How a run executes: ``amp``, ``channels_last`` and ``compile`` flags on ``device``."""
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(
+                f"--amp uses bfloat16, which {torch.cuda.get_device_name(self.device)} does not support: "
+                f"drop --amp (bf16 needs an NVIDIA Ampere GPU or newer)")
+
+    def autocast(self) -> ContextManager:
+        """The context for forward passes: bf16 autocast with ``amp``, else nothing."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device in the chosen memory format, compiled if asked (in place)."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile()
+        return model
+
+    def batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) on the device, images in the chosen memory format."""
+        x, y = batch
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def describe(self) -> str:
+        parts = [name for name, on in (("bf16 autocast", self.amp), ("channels_last", self.channels_last),
+                                       ("torch.compile", self.compile)) if on]
+        return ", ".join(parts) if parts else "float32"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (and the CPU allocator's 'not enough memory')."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "not enough memory" in str(exc))
+
+
+class BatchTooLargeError(DartsNasError):
+    """The batch size does not fit in the device's memory."""
+
+
+def free_device_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def largest_fitting_batch(try_batch: Callable[[int], None], batch_size: int, device: torch.device) -> int:
+    """The largest batch size below ``batch_size`` for which ``try_batch(b)`` runs without running
+    out of memory (0 if not even 1 fits): halve until one fits, then bisect between that size and
+    the failing one. ``try_batch`` runs one full step at batch size ``b``; its effects on the
+    model must be undone by the caller (it is called on copies)."""
+    low, high = 0, batch_size  # low fits (0 trivially), high does not
+    candidate = batch_size // 2
+    while candidate >= 1:
+        if _fits(try_batch, candidate, device):
+            low = candidate
+            break
+        high = candidate
+        candidate //= 2
+    if low == 0:
+        return 0
+    # Bisect to within ~5% of the answer: each probe is one training step.
+    while high - low > max(1, math.ceil(0.05 * low)):
+        middle = (low + high) // 2
+        if _fits(try_batch, middle, device):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _fits(try_batch: Callable[[int], None], batch_size: int, device: torch.device) -> bool:
+    try:
+        try_batch(batch_size)
+        return True
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are answered here
+        if not is_out_of_memory(exc):
+            raise
+        return False
+    finally:
+        free_device_memory(device)
+
+
+def batch_too_large(device: torch.device, batch_size: int, fitting: int, flag: str = "--batch-size") -> BatchTooLargeError:
+    where = str(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        where = f"{torch.cuda.get_device_name(device)} ({device}, {total:.0f} GiB)"
+    if fitting < 1:
+        return BatchTooLargeError(
+            f"out of memory on {where} even at batch size 1: use fewer --layers or --init-channels, "
+            f"or another device")
+    return BatchTooLargeError(
+        f"batch size {batch_size} does not fit in the memory of {where}; the largest that fits is about "
+        f"{fitting} (measured): pass {flag} {fitting} or smaller, and scale the learning rate by the same "
+        f"factor (see the README)")
