@@ -31,3 +31,33 @@ class CheckpointError(DartsNasError):
 
 class RunDirError(DartsNasError):
     """An output directory that cannot be used (finished run, unwritable)."""
+
+
+class RunFileError(RunDirError, OSError):
+    """A run file could not be written (full disk, read-only or unwritable directory).
+
+    Also an ``OSError``, so code that handles OS errors keeps working.
+    """
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path) -> "RunFileError":
+        reason = exc.strerror or str(exc)
+        error = cls(exc.errno, reason, str(path))
+        error.message = (f"cannot write {path} ({reason}): free disk space or choose another --out (the "
+                         f"checkpoints already written are intact; run the same command again to resume)")
+        return error
+
+    def __str__(self) -> str:
+        return getattr(self, "message", None) or super().__str__()
+
+
+class RunStopped(DartsNasError):
+    """A run stopped on a signal (SIGINT or SIGTERM) after writing a checkpoint to resume from.
+
+    ``exit_code`` is 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell
+    reports a process killed by the signal.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
