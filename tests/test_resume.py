@@ -402,3 +402,47 @@ def test_checkpoint_intervals_are_validated_and_may_change(tmp_path, capsys):
     assert "--checkpoint-every must be at least 1" in capsys.readouterr().err
     assert search_main([*ARGS, "--checkpoint-minutes", "-1", "--out", str(tmp_path / "a")]) == 2
     assert "--checkpoint-minutes must be a positive" in capsys.readouterr().err
+
+
+def test_checkpoints_every_n_steps_and_every_m_minutes():
+    from darts_nas.engine import EpochProgress
+    from darts_nas.resume import GracefulStop, StepCheckpoints
+
+    def saved_steps(every_steps, every_minutes, seconds_per_step):
+        now, saved = [0.0], []
+        checkpoints = StepCheckpoints(every_steps, every_minutes, GracefulStop(),
+                                      lambda p: saved.append(p.step) or Path("c.pt"), "x --resume y", print,
+                                      clock=lambda: now[0])
+        for step in range(1, 11):  # one epoch of 10 steps
+            now[0] += seconds_per_step
+            checkpoints(EpochProgress(0, step, 10, step * 4, torch.zeros(2), now[0]))
+        return saved
+
+    assert saved_steps(4, None, 1.0) == [4, 8]
+    assert saved_steps(None, 0.5, 7.0) == [5]  # 35 s; the next would be due at 70 s, at the last step
+    assert saved_steps(4, 0.5, 7.0) == [4, 8]  # each checkpoint restarts the timer
+    assert saved_steps(None, None, 100.0) == []  # the last step is left to the epoch's own checkpoint
+
+
+def test_graceful_stop_restores_the_previous_handlers_and_only_in_the_main_thread():
+    import threading
+
+    from darts_nas.resume import GracefulStop, StopNow
+
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(StopNow) as second:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert second.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(GracefulStop().__enter__()._previous))
+    thread.start()
+    thread.join()
+    assert result == [{}]  # a thread installs nothing
