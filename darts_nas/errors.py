@@ -8,6 +8,9 @@ instead of showing a traceback.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class DartsNasError(Exception):
     """Base class of every error darts-nas raises on purpose."""
@@ -43,8 +46,10 @@ class RunFileError(RunDirError, OSError):
     def from_os_error(cls, exc: OSError, path) -> "RunFileError":
         reason = exc.strerror or str(exc)
         error = cls(exc.errno, reason, str(path))
-        error.message = (f"cannot write {path} ({reason}): free disk space or choose another --out (the "
-                         f"checkpoints already written are intact; run the same command again to resume)")
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+        fix = "free disk space" if full else f"make {Path(path).parent} writable"
+        error.message = (f"cannot write {path} ({reason}): {fix} or choose another --out (any checkpoints "
+                         f"already written are intact; run the same command again to resume)")
         return error
 
     def __str__(self) -> str:
