@@ -49,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_search.py --amp)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the supernet")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one step after the timed ones and print the costliest kernels, the number "
+                        "of kernel launches and the CPU/GPU totals")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     return p.parse_args(argv)
 
@@ -62,6 +66,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     speed = Speed(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     torch.manual_seed(args.seed)
     model = speed.prepare(Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
@@ -107,8 +112,29 @@ def main(argv=None) -> dict:
             phases["weight_backward_update"].append(t3 - t2)
             phases["step"].append(t3 - t0)
 
+    profile = None
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile as run_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        train, val = batch(), batch()
+        with run_profile(activities=activities) as prof:
+            architect.step(train, val, xi=0.025)
+            w_opt.zero_grad(set_to_none=True)
+            with speed.autocast():
+                loss = F.cross_entropy(model(train[0]), train[1])
+            loss.backward(inputs=weights)
+            w_opt.step()
+            sync()
+        events = prof.key_averages()
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(events.table(sort_by=sort, row_limit=15), file=sys.stderr)
+        kernels = [e for e in prof.events() if getattr(e.device_type, "name", "") == "CUDA"]
+        busy = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in kernels)
+        profile = {"kernel_launches": len(kernels), "gpu_busy_s": busy / 1e6 if kernels else None}
+
     result = {
-        "benchmark": "search_step",
+        "benchmark": "search_step", "cudnn_benchmark": args.cudnn_benchmark, "profile": profile,
         "order": "second" if args.unrolled else "first",
         "batch_size": args.batch_size, "init_channels": args.init_channels, "layers": args.layers,
         "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe(),

@@ -10,16 +10,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, RunDirError, RunFileError
 from .runtime import settings_differences
 
-FORMAT_VERSION = 1
+# 2: checkpoints may be taken inside an epoch ("step" > 0, with the epoch's partial "progress").
+# A version-1 checkpoint (end of epoch only) reads as step 0 and still resumes.
+FORMAT_VERSION = 2
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -27,22 +30,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
     The temporary file is created with mode 0o666 so the umask decides the permissions, as for
     any new file (``tempfile.mkstemp`` would make it owner-only). On any failure the temporary
-    file is removed and the previous ``path`` is left as it was.
+    file is removed and the previous ``path`` is left as it was; an OS error (full disk,
+    read-only or unwritable directory) becomes a :class:`RunFileError` naming ``path``.
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise RunFileError.from_os_error(exc, path) from exc
+    try:
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, RunFileError):
+            raise RunFileError.from_os_error(exc, path) from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -52,6 +64,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of writes that a killed process never finished (a run is the
+    only writer of its directory, so any left when it starts are stale)."""
+    stale = [p for p in Path(out).glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+_TEMPORARY = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -75,22 +99,41 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               f"({type(exc).__name__}): use an earlier checkpoint or start the run again") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"checkpoint {path} is not a darts-nas checkpoint (no format version)")
-    if state["format_version"] > FORMAT_VERSION:
+    if not isinstance(state["format_version"], int) or state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {state['format_version']}, newer than this "
                               f"darts-nas understands ({FORMAT_VERSION}): upgrade darts-nas")
     return state
 
 
-def numbered_checkpoints(out: str | os.PathLike, prefix: str = "checkpoint-epoch") -> list[Path]:
-    """The run's numbered checkpoints, newest first."""
-    return sorted(Path(out).glob(f"{prefix}*.pt"), reverse=True)
+_NUMBERED = re.compile(r"checkpoint-epoch(\d+)(?:-step(\d+))?\.pt")
 
 
-def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoint-epochNNNN.pt`` atomically, point ``checkpoint.pt`` at it (a hard link,
-    replaced atomically; a copy where links are not supported) and keep the newest ``keep``."""
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """``checkpoint-epochNNNN.pt`` after ``epoch`` whole epochs; inside an epoch,
+    ``checkpoint-epochNNNN-stepSSSSSS.pt`` after ``step`` steps of epoch ``epoch + 1`` (numbered
+    from 1, like the log)."""
+    return f"checkpoint-epoch{epoch + 1:04d}-step{step:06d}.pt" if step else f"checkpoint-epoch{epoch:04d}.pt"
+
+
+def _position(path: Path) -> tuple[int, float]:
+    match = _NUMBERED.fullmatch(path.name)
+    epoch, step = int(match.group(1)), match.group(2)
+    # Inside epoch N, after S steps: (N, S); at the end of epoch N: (N, inf).
+    return epoch, float(step) if step is not None else float("inf")
+
+
+def numbered_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """The run's numbered checkpoints, newest first (those taken inside an epoch included)."""
+    paths = [p for p in Path(out).glob("checkpoint-epoch*.pt") if _NUMBERED.fullmatch(p.name)]
+    return sorted(paths, key=_position, reverse=True)
+
+
+def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int, step: int = 0) -> Path:
+    """Write the numbered checkpoint (:func:`checkpoint_name`) atomically, point ``checkpoint.pt``
+    at it (a hard link, replaced atomically; a copy where links are not supported) and keep the
+    newest ``keep``."""
     out = Path(out)
-    path = out / f"checkpoint-epoch{epoch:04d}.pt"
+    path = out / checkpoint_name(epoch, step)
     save_checkpoint(path, state)
     latest = out / "checkpoint.pt"
     tmp = out / f".checkpoint.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -98,44 +141,57 @@ def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], kee
         os.link(path, tmp)
         os.replace(tmp, latest)
     except OSError:
+        tmp.unlink(missing_ok=True)
         atomic_write_bytes(latest, path.read_bytes())
     for old in numbered_checkpoints(out)[max(keep, 1):]:
         old.unlink(missing_ok=True)
     return path
 
 
-def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.device = "cpu"
-                      ) -> dict[str, Any] | None:
+def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.device = "cpu",
+                      kind: str | None = None) -> dict[str, Any] | None:
     """The newest numbered checkpoint that loads; a corrupt one is skipped with a one-line
-    warning (the previous one is used). None when the run has no checkpoint yet."""
+    warning (the previous one is used). None when the run has no checkpoint yet. With ``kind``,
+    a checkpoint of another kind of run (a retraining's in a search directory) is refused."""
     for path in numbered_checkpoints(out):
         try:
-            return load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
         except CheckpointError as exc:
             warn(f"warning: {exc}; falling back to the previous checkpoint")
+            continue
+        if kind is not None and state.get("kind") != kind:
+            raise CheckpointError(
+                f"checkpoint {path} belongs to a {state.get('kind', 'different')} run, not a {kind} run: "
+                f"choose another --out, or pass --overwrite to start a new {kind} run in {out}")
+        state["path"] = str(path)
+        state.setdefault("step", 0)  # format 1: end of epoch only
+        return state
     return None
 
 
 def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set[str], warn,
-                      map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+                      map_location: str | torch.device = "cpu", title: str | None = None
+                      ) -> dict[str, Any] | None:
     """The newest valid checkpoint of an unfinished run in ``out``, or None to start afresh.
 
-    A run started with other settings (those not in ``ignore``) is refused, naming each one.
+    ``kind`` is the checkpoints' kind (``search`` or ``train``). A run started with other
+    settings (those not in ``ignore``) is refused, naming each one.
     """
+    title = title or kind
     config_file = Path(out) / "config.json"
     if not config_file.exists():
         return None
     try:
         saved = json.loads(config_file.read_text())["config"]
     except (ValueError, KeyError, TypeError):
-        raise RunDirError(f"{config_file} is unreadable, so the unfinished {kind} run in {out} cannot be "
+        raise RunDirError(f"{config_file} is unreadable, so the unfinished {title} in {out} cannot be "
                           f"resumed: pass --overwrite to start again, or choose another --out") from None
     differences = settings_differences(saved, current, ignore)
     if differences:
-        raise RunDirError(f"{out} holds an unfinished {kind} started with other settings "
+        raise RunDirError(f"{out} holds an unfinished {title} started with other settings "
                           f"({'; '.join(differences)}): rerun with the original settings to resume it, "
                           f"or choose another --out, or pass --overwrite to start again")
-    return load_newest_valid(out, warn, map_location)
+    return load_newest_valid(out, warn, map_location, kind=kind)
 
 
 def clear_run_files(out: Path, run_files: tuple[str, ...]) -> None:

@@ -7,10 +7,13 @@ Flags are dashed; the original DARTS code's underscore spellings (``--batch_size
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from .config import SearchConfig
-from .errors import DartsNasError
+from .errors import ConfigError, DartsNasError, RunDirError, RunStopped
 from .tracking import print_error
 
 _DEFAULTS = SearchConfig()
@@ -85,10 +88,26 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="write no TensorBoard event files into the run directory (on by default: "
                         "tensorboard --logdir runs/)")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
-                   help="keep the newest N per-epoch checkpoints (checkpoint-epochNNNN.pt); an interrupted "
-                        "run resumes from the newest valid one when the same command is run again")
+                   help="keep the newest N checkpoints (checkpoint-epochNNNN.pt, and checkpoint-epochNNNN-stepSSSSSS.pt "
+                        "inside an epoch); an interrupted run resumes from the newest valid one when the same "
+                        "command is run again")
+    _add_resume_flags(g, "train_search.py")
     _add_speed_flags(p)
     return p
+
+
+def _add_resume_flags(g, script: str) -> None:
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also write a checkpoint inside an epoch every N steps (without it: only after each epoch); "
+                        "may change when resuming")
+    g.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M",
+                   help="also write a checkpoint inside an epoch every M minutes; may change when resuming")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help=f"continue the unfinished run in RUN_DIR from its newest valid checkpoint with the settings in "
+                        f"its config.json; flags given alongside may change only what may change on resuming "
+                        f"(--data, --device, --workers, logging, checkpointing, and the learning rates to recover "
+                        f"from a non-finite loss). SIGINT/SIGTERM stop a run after the current step with a "
+                        f"checkpoint; `{script} --resume RUN_DIR` or the same command continues it")
 
 
 def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
@@ -104,6 +123,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         unrolled=args.unrolled, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
+        checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         **_speed_settings(args),
     )
 
@@ -126,25 +146,96 @@ def _speed_settings(args: argparse.Namespace) -> dict:
             "gpu_data": args.gpu_data}
 
 
-def _run(run, make_config, quiet: bool) -> int:
+def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
     """Call ``run(make_config())``; our own errors (invalid settings included) become one line on
-    stderr and exit status 2."""
+    stderr and exit status 2; a graceful stop says how to resume and exits with 128 + the signal."""
     try:
-        run(make_config(), quiet=quiet)
+        run(make_config(), quiet=quiet, **({"resume_only": True} if resume_only else {}))
+    except RunStopped as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return exc.exit_code
     except DartsNasError as exc:
         print_error(str(exc))
         return 2
-    except KeyboardInterrupt:
-        print_error("interrupted; run the same command again to resume after the last finished epoch")
-        return 130
+    except KeyboardInterrupt as exc:  # before the run's own handlers, or a second signal while stopping
+        reason = str(exc) or "interrupted"
+        print_error(f"{reason}; the checkpoints already written are intact: run the same command again to resume "
+                    f"from the newest one")
+        return getattr(exc, "exit_code", 130)
+    except OSError as exc:  # a last resort: darts-nas names the files it writes itself
+        print_error(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: check that the file "
+                    f"or directory exists and is writable, and that the disk has free space")
+        return 2
     return 0
+
+
+# Flags whose destination is not the config field of the same name.
+_FIELD_OF_FLAG = {"ops": "primitives", "no_tensorboard": "tensorboard"}
+
+
+def _given_flags(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> set[str]:
+    """The config fields set by flags actually given on the command line."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    given = vars(parser.parse_args(argv))
+    return {_FIELD_OF_FLAG.get(dest, dest) for dest in given}
+
+
+def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finished: str, may_change: set[str]):
+    """The settings of the unfinished ``kind`` run in ``run_dir`` (its config.json), with the flags
+    given alongside ``--resume`` applied where they may change. Refuses, with the fix, a directory
+    that holds nothing to resume."""
+    from .checkpoint import numbered_checkpoints
+
+    title, script = ("search", "train_search.py") if kind == "search" else ("training run", "train_final.py")
+    other_title, other_script = (("training run", "train_final.py") if kind == "search"
+                                 else ("search", "train_search.py"))
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirError(f"--resume {path}: no such run directory: give the --out directory of the run to resume")
+    if "overwrite" in given:
+        raise ConfigError("--resume continues a run and --overwrite starts one afresh: pass only one of them")
+    if "out" in given and str(Path(from_flags.out)) != str(path):
+        raise ConfigError(f"--resume {path} is the run directory: leave out --out {from_flags.out}")
+    try:
+        saved: dict[str, Any] = json.loads((path / "config.json").read_text())["config"]
+    except FileNotFoundError:
+        raise RunDirError(f"--resume {path}: the directory holds no run (no config.json): give the --out directory "
+                          f"of an interrupted {title}") from None
+    except (ValueError, KeyError, TypeError, OSError):
+        raise RunDirError(f"--resume {path}: its config.json is unreadable, so the run cannot be resumed: start it "
+                          f"again with its command and --overwrite") from None
+    if ("cell" in saved) != (kind == "train"):
+        raise RunDirError(f"--resume {path}: it holds a {other_title}, not a {title}: resume it with "
+                          f"{other_script} --resume {path}")
+    if (path / finished).exists():
+        raise RunDirError(f"--resume {path}: it holds a finished {title} ({finished} is there): nothing to resume; "
+                          f"choose another --out for a new run")
+    if not numbered_checkpoints(path):
+        raise RunDirError(f"--resume {path}: it holds no checkpoint to resume from (the run stopped before its "
+                          f"first one): start it again with its command and --out {path} --overwrite")
+    wanted = from_flags.to_dict()
+    refused = [f"--{name.replace('_', '-')} ({saved.get(name)!r} -> {wanted[name]!r})"
+               for name in sorted(given & set(wanted) - may_change) if wanted[name] != saved.get(name)]
+    if refused:
+        raise ConfigError(f"cannot change {', '.join(refused)} when resuming {path}: that would change the model "
+                          f"or the data; drop the flag to resume, or start a new run with another --out")
+    settings = {**saved, **{name: wanted[name] for name in given & set(wanted) & may_change}, "out": str(path)}
+    return type(from_flags).from_dict(settings)
 
 
 def search_main(argv: Sequence[str] | None = None) -> int:
     args = build_search_parser().parse_args(argv)
-    from .search import run  # imported here so --help stays fast
+    from .search import RESUMABLE_CHANGES, RESUME_LEARNING_RATES, run  # imported here so --help stays fast
 
-    return _run(run, lambda: search_config_from_args(args), args.quiet)
+    if args.resume is None:
+        return _run(run, lambda: search_config_from_args(args), args.quiet)
+    given = _given_flags(build_search_parser, argv)
+    return _run(run, lambda: resumed_config(args.resume, "search", given, search_config_from_args(args),
+                                            "summary.json", RESUMABLE_CHANGES | RESUME_LEARNING_RATES),
+                args.quiet, resume_only=True)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -156,9 +247,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                     "parameters and multiply-adds. Every protocol setting can be overridden by its flag; "
                     "flags without a default shown take the protocol's value.",
     )
-    p.add_argument(*_flag("--cell", "--arch"), required=True,
-                   help="the genotype: a JSON file, a search run directory, a name from cells/ "
-                        "(darts_v2, pdarts, ...; case-insensitive) or genotype text")
+    p.add_argument(*_flag("--cell", "--arch"), default=None,
+                   help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
+                        "cells/ (darts_v2, pdarts, ...; case-insensitive) or genotype text")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cifar",
                    help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default); "
                         "imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing 0.1")
@@ -215,8 +306,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the run directory (on by default)")
     g.add_argument("--keep-checkpoints", type=int, default=None,
-                   help="keep the newest N per-epoch checkpoints (default 2); an interrupted run resumes from "
-                        "the newest valid one when the same command is run again")
+                   help="keep the newest N checkpoints (default 2; those inside an epoch count too); an interrupted "
+                        "run resumes from the newest valid one when the same command is run again")
+    _add_resume_flags(g, "train_final.py")
     _add_speed_flags(p)
     return p
 
@@ -235,12 +327,21 @@ def train_config_from_args(args: argparse.Namespace):
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,
+        checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         **_speed_settings(args),
     )
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    args = build_train_parser().parse_args(argv)
-    from .train import run
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if args.cell is None and args.resume is None:
+        parser.error("the following arguments are required: --cell (or --resume RUN_DIR)")
+    from .train import FINISHED, RESUMABLE_CHANGES, RESUME_LEARNING_RATES, run
 
-    return _run(run, lambda: train_config_from_args(args), args.quiet)
+    if args.resume is None:
+        return _run(run, lambda: train_config_from_args(args), args.quiet)
+    given = _given_flags(build_train_parser, argv)
+    return _run(run, lambda: resumed_config(args.resume, "train", given, train_config_from_args(args),
+                                            FINISHED, RESUMABLE_CHANGES | RESUME_LEARNING_RATES),
+                args.quiet, resume_only=True)

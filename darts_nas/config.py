@@ -47,6 +47,14 @@ class _Settings:
         return dataclasses.replace(self, **changes)
 
 
+def _check_checkpoint_intervals(settings) -> None:
+    if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1 step, got {settings.checkpoint_every}")
+    minutes = settings.checkpoint_minutes
+    if minutes is not None and not (minutes > 0 and minutes != float("inf")):
+        raise ConfigError(f"--checkpoint-minutes must be a positive number of minutes, got {minutes}")
+
+
 @dataclass(frozen=True)
 class SearchConfig(_Settings):
     KIND = "search"
@@ -85,6 +93,8 @@ class SearchConfig(_Settings):
     steps_per_epoch: int | None = None  # cap on steps per epoch (smoke tests, benchmarks)
     tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.SearchBoard)
     keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
+    checkpoint_every: int | None = None  # also checkpoint inside an epoch every N steps
+    checkpoint_minutes: float | None = None  # ... and every M minutes
     # speed (darts_nas.accel, darts_nas.device_data)
     amp: bool = False  # bf16 autocast of the forward passes
     channels_last: bool = False  # NHWC memory format
@@ -107,6 +117,7 @@ class SearchConfig(_Settings):
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        _check_checkpoint_intervals(self)
         if self.image_size is not None and self.image_size < 1:
             raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
         if not 0.0 < self.train_portion < 1.0:
@@ -189,6 +200,8 @@ class TrainConfig(_Settings):
     compare: tuple[str, ...] = ()
     tensorboard: bool = True  # event files in the run directory (darts_nas.tracking.TrainBoard)
     keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
+    checkpoint_every: int | None = None  # also checkpoint inside an epoch every N steps
+    checkpoint_minutes: float | None = None  # ... and every M minutes
     # speed (darts_nas.accel, darts_nas.device_data)
     amp: bool = False
     channels_last: bool = False
@@ -220,6 +233,7 @@ class TrainConfig(_Settings):
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        _check_checkpoint_intervals(self)
         if self.image_size is not None and self.image_size < 1:
             raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
         if not self.learning_rate > 0:

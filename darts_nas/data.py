@@ -835,8 +835,20 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     if isinstance(sampler, PassSampler) or hasattr(sampler, "set_epoch"):
         if isinstance(sampler, PassSampler):
             sampler.pass_index = epoch
+            sampler.start = 0  # a skip left by an interrupted epoch never carries over
         else:
             sampler.set_epoch(epoch)
+
+
+def skip_batches(loader: DataLoader, batches: int) -> None:
+    """Make the next pass of ``loader`` start after its first ``batches`` batches, without loading
+    them (to finish an epoch interrupted inside); needs a :class:`PassSampler`."""
+    if batches == 0:
+        return
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, PassSampler):
+        raise ValueError("only a loader with a PassSampler can skip the batches of an interrupted epoch")
+    sampler.start = batches * (loader.batch_size or 1)
 
 
 def _make_loader(

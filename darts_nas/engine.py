@@ -4,18 +4,57 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from itertools import islice
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import skip_batches
 from .errors import DartsNasError
 
 
 class NonFiniteLossError(DartsNasError):
     """The loss became NaN or infinite."""
+
+
+NON_FINITE_CAUSES = "likely causes: a learning rate too high, or NaNs or infinities in the data"
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands after a completed step: what a checkpoint inside the epoch records
+    so that the epoch can be finished later with bit-identical metrics."""
+
+    epoch: int  # 0-based
+    step: int  # steps completed in this epoch
+    total: int  # steps this epoch will have
+    seen: int  # weight-half images seen
+    sums: torch.Tensor  # float64 running sums on the device (loss * n, correct, ...)
+    elapsed: float  # seconds spent in the epoch, earlier attempts included
+
+    def state_dict(self) -> dict[str, Any]:
+        # .tolist() gives Python floats, which hold float64 sums exactly.
+        return {"step": self.step, "seen": self.seen, "sums": self.sums.tolist(), "elapsed": self.elapsed}
+
+
+def _initial_sums(progress: dict[str, Any] | None, size: int, device: torch.device
+                  ) -> tuple[torch.Tensor, int, float]:
+    if progress is None:
+        return torch.zeros(size, dtype=torch.float64, device=device), 0, 0.0
+    return (torch.tensor(progress["sums"], dtype=torch.float64, device=device), int(progress["seen"]),
+            float(progress.get("elapsed", 0.0)))
+
+
+def _check_finite(losses: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+    """One device synchronisation for all the step's losses; names the first bad one."""
+    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+    if not bool(torch.isfinite(values).all()):
+        name, value = next((n, v.item()) for n, v in losses.items() if not torch.isfinite(v).all())
+        raise NonFiniteLossError(f"the {name} loss became {value} at epoch {epoch + 1}, step {step}; "
+                                 f"{NON_FINITE_CAUSES}")
 
 
 def _to(batch, device: torch.device, speed=None):
@@ -32,12 +71,19 @@ def _autocast(speed):
 def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_batches: Iterator,
                      w_optimizer: torch.optim.Optimizer, *, device: torch.device, grad_clip: float,
                      epoch: int, max_steps: int | None = None, report_every: int = 50,
-                     log: Callable[[str], None] | None = None, speed=None) -> dict[str, float]:
+                     log: Callable[[str], None] | None = None, start_step: int = 0,
+                     progress: dict[str, Any] | None = None,
+                     on_step: Callable[[EpochProgress], None] | None = None, speed=None) -> dict[str, float]:
     """One epoch of the alternating bilevel search.
 
     Per step (REFERENCE section 3): an architecture step on the next batch of the architecture
     half, then an SGD step on the weights with a batch of the weight half. ``xi`` of the
-    second-order step is the weights' learning rate of this epoch. ``speed`` (a
+    second-order step is the weights' learning rate of this epoch.
+
+    To finish an epoch interrupted after ``start_step`` steps, pass ``start_step`` and the
+    ``progress`` (:meth:`EpochProgress.state_dict`) recorded then; the weight loader (with a
+    :class:`~darts_nas.data.PassSampler`) skips the images already used. ``on_step`` is called
+    after every completed step (to checkpoint inside the epoch). ``speed`` (a
     :class:`darts_nas.accel.Speed`) sets autocast and the input memory format.
     """
     model.train()
@@ -46,11 +92,11 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     total = len(weight_loader) if max_steps is None else min(max_steps, len(weight_loader))
     # Sums stay on the device and are read only when reporting, so a GPU is not synchronised
     # on every step.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, arch loss, arch correct
-    seen = 0
-    start = time.perf_counter()
-    step = 0
-    for step, batch in enumerate(islice(weight_loader, total), start=1):
+    sums, seen, before = _initial_sums(progress, 4, device)  # loss, correct, arch loss, arch correct
+    skip_batches(weight_loader, start_step)
+    start = time.perf_counter() - before
+    step = start_step
+    for step, batch in enumerate(islice(weight_loader, max(total - start_step, 0)), start=start_step + 1):
         x, y = _to(batch, device, speed)
         xv, yv = _to(next(arch_batches), device, speed)
         arch_out = architect.step((x, y), (xv, yv), xi)
@@ -59,10 +105,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
         with _autocast(speed):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
-                f"--learning-rate or --arch-learning-rate, or check the data for NaNs")
+        _check_finite({"architecture": arch_out["loss"], "training": loss}, epoch, step)
         loss.backward(inputs=weights)
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(weights, grad_clip)
@@ -83,6 +126,8 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
             log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
                 f"arch loss {s[2] / seen:.4f}  arch acc {100 * s[3] / seen:.2f}%  "
                 f"{elapsed / step:.3f} s/step")
+        if on_step is not None:
+            on_step(EpochProgress(epoch, step, total, seen, sums, time.perf_counter() - start))
     s = sums.tolist()
     seen = max(seen, 1)
     return {
@@ -99,19 +144,22 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, grad_clip: float, epoch: int, auxiliary_weight: float = 0.0,
                     label_smoothing: float = 0.0, max_steps: int | None = None, report_every: int = 50,
-                    log: Callable[[str], None] | None = None, speed=None) -> dict[str, float]:
+                    log: Callable[[str], None] | None = None, start_step: int = 0,
+                    progress: dict[str, Any] | None = None,
+                    on_step: Callable[[EpochProgress], None] | None = None, speed=None) -> dict[str, float]:
     """One epoch of ordinary training of a final network (``forward -> (logits, logits_aux)``).
 
     The auxiliary head's loss is added with weight ``auxiliary_weight`` when the model returns
-    auxiliary logits (training mode with an auxiliary head).
+    auxiliary logits (training mode with an auxiliary head). ``start_step``, ``progress`` and
+    ``on_step`` work as in :func:`search_one_epoch`.
     """
     model.train()
     total = len(loader) if max_steps is None else min(max_steps, len(loader))
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
-    seen = 0
-    start = time.perf_counter()
-    step = 0
-    for step, batch in enumerate(islice(loader, total), start=1):
+    sums, seen, before = _initial_sums(progress, 2, device)  # loss, correct
+    skip_batches(loader, start_step)
+    start = time.perf_counter() - before
+    step = start_step
+    for step, batch in enumerate(islice(loader, max(total - start_step, 0)), start=start_step + 1):
         x, y = _to(batch, device, speed)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(speed):
@@ -119,10 +167,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             if logits_aux is not None and auxiliary_weight > 0:
                 loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
-                f"--learning-rate, or check the data for NaNs")
+        _check_finite({"training": loss}, epoch, step)
         loss.backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -136,6 +181,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             elapsed = time.perf_counter() - start
             log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
                 f"{elapsed / step:.3f} s/step  {seen / elapsed:.1f} images/s")
+        if on_step is not None:
+            on_step(EpochProgress(epoch, step, total, seen, sums, time.perf_counter() - start))
     s = sums.tolist()
     elapsed = time.perf_counter() - start
     return {

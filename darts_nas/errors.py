@@ -8,6 +8,9 @@ instead of showing a traceback.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class DartsNasError(Exception):
     """Base class of every error darts-nas raises on purpose."""
@@ -31,3 +34,35 @@ class CheckpointError(DartsNasError):
 
 class RunDirError(DartsNasError):
     """An output directory that cannot be used (finished run, unwritable)."""
+
+
+class RunFileError(RunDirError, OSError):
+    """A run file could not be written (full disk, read-only or unwritable directory).
+
+    Also an ``OSError``, so code that handles OS errors keeps working.
+    """
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path) -> "RunFileError":
+        reason = exc.strerror or str(exc)
+        error = cls(exc.errno, reason, str(path))
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+        fix = "free disk space" if full else f"make {Path(path).parent} writable"
+        error.message = (f"cannot write {path} ({reason}): {fix} or choose another --out (any checkpoints "
+                         f"already written are intact; run the same command again to resume)")
+        return error
+
+    def __str__(self) -> str:
+        return getattr(self, "message", None) or super().__str__()
+
+
+class RunStopped(DartsNasError):
+    """A run stopped on a signal (SIGINT or SIGTERM) after writing a checkpoint to resume from.
+
+    ``exit_code`` is 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell
+    reports a process killed by the signal.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -341,8 +341,8 @@ def _write_atomic(path: Path, text: str) -> None:
         atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as err:
         raise GenotypeError(
-            f"cannot write genotype file {path} ({err.strerror}); "
-            f"check that {path.parent} exists and is writable"
+            f"cannot write genotype file {path} ({err.strerror}); free disk space, or "
+            f"check that {path.parent} exists and is writable (or choose another --out)"
         ) from None
 
 

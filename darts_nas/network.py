@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .genotype import Genotype, resolve
 from .ops import OPS, FactorizedReduce, Identity, ReLUConvBN
 from .registry import Registry
@@ -235,6 +235,23 @@ def _check_genotype(genotype: Any) -> Genotype:
 def _reduction_layers(layers: int) -> tuple[int, ...]:
     """Indices of the reduction cells; they coincide for a single layer."""
     return tuple(sorted({layers // 3, 2 * layers // 3}))
+
+
+# Stride-2 stages of each network's stem (the search supernet's stem is the CIFAR one).
+STEM_HALVINGS = {"cifar": 0, "imagenet": 3}
+
+
+def check_image_size(image_size: int, network: str, layers: int) -> None:
+    """Refuse images too small for the network: every stride-2 stage (stem and reduction cells)
+    must receive a map of at least 2x2, or it no longer reduces anything (and BatchNorm may see a
+    single value per channel). Sizes are rounded up at each stage, so odd sizes are fine."""
+    halvings = STEM_HALVINGS.get(network, 0) + len(_reduction_layers(layers))
+    minimum = 2 ** (halvings - 1) + 1 if halvings else 1
+    if image_size < minimum:
+        raise DataError(
+            f"{image_size}x{image_size} images are too small for the {network} network with {layers} cells: "
+            f"its {halvings} stride-2 stages need images of at least {minimum}x{minimum}; use larger images "
+            f"(--image-size {minimum} or more for a folder or imagenet dataset)")
 
 
 class _Network(nn.Module):

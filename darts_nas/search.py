@@ -18,12 +18,17 @@ import torch
 
 from .accel import Speed, batch_too_large, free_device_memory, is_out_of_memory, largest_fitting_batch
 from .architect import METHODS
-from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
+from .checkpoint import (atomic_write_text, clear_run_files, numbered_checkpoints, remove_stale_temporaries,
+                         resume_checkpoint, save_rotating, truncate_jsonl)
 from .config import SearchConfig
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
 from .device_data import search_data_on_device, use_device_data
-from .engine import evaluate, search_one_epoch
+from .engine import EpochProgress, NonFiniteLossError, evaluate, search_one_epoch
+from .errors import CheckpointError, RunDirError
+from .network import check_image_size
+from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
+                     non_finite_message)
 from .runtime import (FINISHED_MARKER, capture_rng_states, environment, prepare_run_dir, resolve_device,
                       restore_rng_states, seed_everything)
 from .supernet import SEARCH_SPACES
@@ -43,14 +48,24 @@ def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
 # Settings that may change between a run and its resumption: where things are, how they are
 # shown, how fast they load. Everything else changes the model or the data and must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
-                     "tensorboard", "keep_checkpoints", "amp", "channels_last", "compile", "gpu_data"}
+                     "tensorboard", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes",
+                     "amp", "channels_last", "compile", "gpu_data"}
+# What ``--resume`` may also change: lowering the learning rates after a non-finite loss.
+RESUME_LEARNING_RATES = {"learning_rate", "arch_learning_rate"}
 
 
-def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
+def resume_command(out) -> str:
+    return f"train_search.py --resume {out}"
+
+
+def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) -> dict[str, Any]:
     """Run the search described by ``config``; returns the summary also written to summary.json.
 
     An unfinished run in ``config.out`` with the same settings is resumed from its newest valid
-    checkpoint and ends bit-identical (on CPU, with ``--workers 0``) to a run never interrupted.
+    checkpoint (taken after an epoch or inside one) and ends bit-identical (on CPU, with
+    ``--workers 0``) to a run never interrupted. ``resume_only`` (``--resume``) requires such a
+    checkpoint and lets the learning rates change. SIGINT and SIGTERM stop the run after the
+    current step with a checkpoint (:class:`~darts_nas.errors.RunStopped`).
     """
     device = resolve_device(config.device)
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
@@ -60,6 +75,7 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     data = search_data(config.dataset, config.data, config.batch_size, config.train_portion,
                        seed=config.seed, workers=config.workers, download=config.download,
                        image_size=config.image_size, device_type=device.type)
+    check_image_size(data.info.image_size, "search", config.layers)
     if use_device_data(config.gpu_data, device, data.info):
         data = search_data_on_device(data, device)
     out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
@@ -67,8 +83,13 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
     try:
+        remove_stale_temporaries(out)
+        ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = None if config.overwrite else resume_checkpoint(
-            out, "search", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
+            out, "search", config.to_dict(), ignore, log.info, map_location=device)
+        if resume is None and resume_only:
+            raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the search again with "
+                              f"--out {out} --overwrite (and its settings), or resume another run directory")
         if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
             clear_run_files(out, RUN_FILES)
             remove_event_files(out)
@@ -78,7 +99,8 @@ def run(config: SearchConfig, quiet: bool = False) -> dict[str, Any]:
                             purge_step=resume["epoch"] + 1 if resume else None)
         try:
             try:
-                return _search(config, data, device, log, board, resume, speed)
+                with GracefulStop() as stop:
+                    return _search(config, data, device, log, board, resume, stop, speed)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -124,8 +146,8 @@ def probe_step(config: SearchConfig, info, speed: Speed, batch_size: int) -> Non
 
 
 def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
-            board: SearchBoard, resume: dict[str, Any] | None = None, speed: Speed | None = None
-            ) -> dict[str, Any]:
+            board: SearchBoard, resume: dict[str, Any] | None = None,
+            stop: GracefulStop | None = None, speed: Speed | None = None) -> dict[str, Any]:
     out = log.out
     info = data.info
     speed = speed or Speed(device)
@@ -133,18 +155,25 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     model, w_optimizer, architect = build_search(config, info, speed)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
-    start_epoch = 0
+    start_epoch = start_step = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        w_optimizer.load_state_dict(resume["w_optimizer"])
-        architect.optimizer.load_state_dict(resume["a_optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        data.arch_loader.load_state_dict(resume["arch_loader"])
-        restore_rng_states(resume["rng"])
-        start_epoch = resume["epoch"]
+        try:
+            model.load_state_dict(resume["model"])
+            w_optimizer.load_state_dict(resume["w_optimizer"])
+            architect.optimizer.load_state_dict(resume["a_optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            data.arch_loader.load_state_dict(resume["arch_loader"])
+            restore_rng_states(resume["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            raise CheckpointError(
+                f"checkpoint {resume['path']} does not fit this search ({first_line(exc)}): it belongs to another "
+                f"model or data set; choose another --out, or pass --overwrite to start again") from None
+        start_epoch, start_step = resume["epoch"], resume["step"]
+        _lower_learning_rates(resume["config"], config, w_optimizer, scheduler, architect.optimizer, log)
         truncate_jsonl(out / "metrics.jsonl", start_epoch)
         truncate_jsonl(out / "history.jsonl", start_epoch)
-        log.info(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
+        where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
+        log.info(f"resuming {out} {where} of {config.epochs}")
 
     n_weights = sum(p.numel() for p in model.weights())
     atomic_write_text(out / "config.json", json.dumps({
@@ -164,12 +193,41 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     start = time.perf_counter()
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
     genotype = model.genotype()
+
+    def state(epochs_done: int, progress: EpochProgress | None = None) -> dict[str, Any]:
+        """Everything the rest of the run depends on, after ``epochs_done`` epochs and, inside
+        the next one, ``progress.step`` steps."""
+        check_finite_state(model, epochs_done if progress else epochs_done - 1,
+                           progress.step if progress else 0)
+        return {
+            "kind": "search", "epoch": epochs_done, "step": progress.step if progress else 0,
+            "progress": progress.state_dict() if progress else None, "config": config.to_dict(),
+            "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
+            "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "arch_loader": data.arch_loader.state_dict(), "rng": capture_rng_states(),
+            "arch_eval": arch_eval,
+        }
+
+    checkpoints = StepCheckpoints(
+        config.checkpoint_every, config.checkpoint_minutes, stop or GracefulStop(),
+        lambda progress: save_rotating(out, progress.epoch, state(progress.epoch, progress),
+                                       keep=config.keep_checkpoints, step=progress.step),
+        f"{resume_command(out)}", log.info)
     for epoch in range(start_epoch, config.epochs):
         set_epoch(data.weight_loader, epoch)
-        metrics = search_one_epoch(
-            model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
-            grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
-            report_every=config.report_every, log=log.info, speed=speed)
+        resumed = resume is not None and epoch == start_epoch and start_step > 0
+        try:
+            metrics = search_one_epoch(
+                model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
+                grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
+                report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
+                progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed)
+        except NonFiniteLossError as exc:
+            newest = next(iter(numbered_checkpoints(out)), None)
+            raise NonFiniteLossError(non_finite_message(
+                exc, newest, resume_command(out),
+                f"--learning-rate {config.learning_rate / 10:g} (or --arch-learning-rate "
+                f"{config.arch_learning_rate / 10:g})", getattr(config, "amp", False))) from None
         arch_eval = evaluate(model, data.arch_eval_loader, device, speed)
         scheduler.step()
         genotype = model.genotype()
@@ -183,18 +241,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         genotype.save(out / "genotype.json")
         board.epoch(epoch + 1, record, {"normal": model.alphas_normal, "reduce": model.alphas_reduce},
                     config.primitives, genotype)
-        # Everything the rest of the run depends on, captured after the last draw of the epoch.
-        save_rotating(out, epoch + 1, {
-            "kind": "search", "epoch": epoch + 1, "config": config.to_dict(),
-            "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
-            "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "arch_loader": data.arch_loader.state_dict(), "rng": capture_rng_states(),
-            "arch_eval": arch_eval,
-        }, keep=config.keep_checkpoints)
+        # Captured after the last draw of the epoch.
+        path = save_rotating(out, epoch + 1, state(epoch + 1), keep=config.keep_checkpoints)
         log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s")
         log.info(f"  genotype: {genotype}")
+        checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
 
     genotype.save(out / "genotype.json")
     board.diagrams.write(genotype, out)
@@ -208,3 +261,16 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
              f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
     return summary
+
+
+def _lower_learning_rates(saved: dict[str, Any], config: SearchConfig, w_optimizer, scheduler,
+                          a_optimizer, log: RunLog) -> None:
+    """Apply learning rates changed by ``--resume`` (only it lets them differ from the checkpoint's)."""
+    if saved.get("learning_rate") != config.learning_rate:
+        change_learning_rate(w_optimizer, scheduler, config.learning_rate)
+        log.info(f"weight learning rate changed from {saved.get('learning_rate')} to {config.learning_rate} "
+                 f"on resuming (from here on the run differs from the original)")
+    if saved.get("arch_learning_rate") != config.arch_learning_rate:
+        change_learning_rate(a_optimizer, None, config.arch_learning_rate)
+        log.info(f"architecture learning rate changed from {saved.get('arch_learning_rate')} to "
+                 f"{config.arch_learning_rate} on resuming (from here on the run differs from the original)")

@@ -22,6 +22,7 @@ import torch
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .drawing import (CELL_TITLES, DOT_MISSING_HINT, OUTPUT_NAME, GraphvizError, Heatmap, draw_heatmap,
                       edge_names, edge_row, find_dot, genotype_dots, node_name, png_bytes, png_size, render_dot)
+from .errors import RunFileError
 from .genotype import Genotype
 from .ops import PARAMETER_FREE
 
@@ -39,12 +40,18 @@ class RunLog:
         line = f"{time.strftime('%H:%M:%S')} {message}"
         if not self.quiet:
             print(line, flush=True)
-        self._log.write(line + "\n")
-        self._log.flush()
+        try:
+            self._log.write(line + "\n")
+            self._log.flush()
+        except OSError as exc:  # full disk, read-only directory: one line naming the file
+            raise RunFileError.from_os_error(exc, self.out / "log.txt") from None
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
-        with open(self.out / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            with open(self.out / name, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise RunFileError.from_os_error(exc, self.out / name) from None
 
     def close(self) -> None:
         self._log.close()

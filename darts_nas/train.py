@@ -19,14 +19,18 @@ from typing import Any
 import torch
 
 from .accel import Speed, batch_too_large, free_device_memory, is_out_of_memory, largest_fitting_batch
-from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
+from .checkpoint import (atomic_write_text, clear_run_files, numbered_checkpoints, remove_stale_temporaries,
+                         resume_checkpoint, save_rotating, truncate_jsonl)
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
+from .engine import EpochProgress, NonFiniteLossError, evaluate, train_one_epoch
+from .errors import CheckpointError, RunDirError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
-from .engine import evaluate, train_one_epoch
 from .genotype import Genotype, resolve
-from .network import NETWORKS, count_auxiliary_parameters, count_multiply_adds, count_parameters
+from .network import NETWORKS, check_image_size, count_auxiliary_parameters, count_multiply_adds, count_parameters
+from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
+                     non_finite_message)
 from .runtime import (capture_rng_states, environment, prepare_run_dir, resolve_device, restore_rng_states,
                       seed_everything)
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remove_event_files
@@ -34,8 +38,14 @@ from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remo
 FINISHED = "metrics.json"
 # Settings that may change when an interrupted run is resumed; all others must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
-                     "tensorboard", "keep_checkpoints", "compare", "amp", "channels_last", "compile",
-                     "gpu_data"}
+                     "tensorboard", "keep_checkpoints", "compare", "checkpoint_every",
+                     "checkpoint_minutes", "amp", "channels_last", "compile", "gpu_data"}
+# What ``--resume`` may also change: lowering the learning rate after a non-finite loss.
+RESUME_LEARNING_RATES = {"learning_rate"}
+
+
+def resume_command(out) -> str:
+    return f"train_final.py --resume {out}"
 RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED,
              *CELL_DIAGRAM_FILES)
 
@@ -69,10 +79,13 @@ def _info_without_training(config: TrainConfig) -> DatasetInfo:
     return get_info(config.dataset, str(root) if root.exists() else None, config.image_size)
 
 
-def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
+def run(config: TrainConfig, quiet: bool = False, resume_only: bool = False) -> dict[str, Any]:
     """Train ``config.cell`` and return the summary written to metrics.json. With
     ``config.compare``, the same protocol then trains each compared cell in a subdirectory and the
-    summary lists all results."""
+    summary lists all results.
+
+    Resuming, checkpoints inside an epoch and the graceful stop work as in
+    :func:`darts_nas.search.run`; ``resume_only`` (``--resume``) lets the learning rate change."""
     device = resolve_device(config.device)
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     genotype = resolve(config.cell)
@@ -89,15 +102,21 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
                                image_size=config.image_size, cutout=config.cutout,
                                device_type=device.type)
         info = data.info
-        if use_device_data(config.gpu_data, device, info):
-            data = train_test_data_on_device(data, device, config.cutout)
+    check_image_size(info.image_size, config.network, config.layers)
+    if data is not None and use_device_data(config.gpu_data, device, info):
+        data = train_test_data_on_device(data, device, config.cutout)
     out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED,
                           allow_unfinished=True)
     config = config.replace(out=str(out))
     log = RunLog(out, quiet=quiet)
     try:
+        remove_stale_temporaries(out)
+        ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
-            out, "training run", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
+            out, "train", config.to_dict(), ignore, log.info, map_location=device, title="training run")
+        if resume is None and resume_only:
+            raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the training again with "
+                              f"--out {out} --overwrite (and its settings), or resume another run directory")
         if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
             clear_run_files(out, RUN_FILES)
             remove_event_files(out)
@@ -106,7 +125,8 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
                            purge_step=resume["epoch"] + 1 if resume else None)
         try:
             try:
-                summary = _train(config, genotype, data, info, device, log, board, resume, speed)
+                with GracefulStop() as stop:
+                    summary = _train(config, genotype, data, info, device, log, board, resume, stop, speed)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -177,8 +197,8 @@ def probe_step(config: TrainConfig, genotype: Genotype, info: DatasetInfo, speed
 
 
 def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
-           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None, speed: Speed | None = None
-           ) -> dict[str, Any]:
+           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None,
+           stop: GracefulStop | None = None, speed: Speed | None = None) -> dict[str, Any]:
     out = log.out
     speed = speed or Speed(device)
     seed_everything(config.seed)
@@ -213,23 +233,61 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                                                                    eta_min=config.learning_rate_min)
         else:
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
-        start_epoch = 0
+        start_epoch = start_step = 0
         if resume is not None:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            restore_rng_states(resume["rng"])
-            start_epoch, final, best_acc = resume["epoch"], resume["test"], resume["best_test_acc"]
+            try:
+                model.load_state_dict(resume["model"])
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
+                restore_rng_states(resume["rng"])
+            except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {resume['path']} does not fit this network ({first_line(exc)}): it belongs to "
+                    f"another model or data set; choose another --out, or pass --overwrite to start again") from None
+            start_epoch, start_step = resume["epoch"], resume["step"]
+            final, best_acc = resume["test"], resume["best_test_acc"]
+            if resume["config"].get("learning_rate") != config.learning_rate:
+                change_learning_rate(optimizer, scheduler, config.learning_rate)
+                log.info(f"learning rate changed from {resume['config'].get('learning_rate')} to "
+                         f"{config.learning_rate} on resuming (from here on the run differs from the original)")
             truncate_jsonl(out / "metrics.jsonl", start_epoch)
-            log.info(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
+            where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
+            log.info(f"resuming {out} {where} of {config.epochs}")
+
+        def state(epochs_done: int, progress: EpochProgress | None = None) -> dict[str, Any]:
+            """Everything the rest of the run depends on, after ``epochs_done`` epochs and, inside
+            the next one, ``progress.step`` steps."""
+            check_finite_state(model, epochs_done if progress else epochs_done - 1,
+                               progress.step if progress else 0)
+            return {
+                "kind": "train", "epoch": epochs_done, "step": progress.step if progress else 0,
+                "progress": progress.state_dict() if progress else None, "config": config.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "genotype": genotype.to_dict(), "rng": capture_rng_states(),
+                "test": final, "best_test_acc": best_acc,
+            }
+
+        checkpoints = StepCheckpoints(
+            config.checkpoint_every, config.checkpoint_minutes, stop or GracefulStop(),
+            lambda progress: save_rotating(out, progress.epoch, state(progress.epoch, progress),
+                                           keep=config.keep_checkpoints, step=progress.step),
+            resume_command(out), log.info)
         for epoch in range(start_epoch, config.epochs):
             set_epoch(data.train_loader, epoch)
             model.drop_path_prob = drop_path_schedule(config.drop_path_prob, epoch, config.epochs)
-            metrics = train_one_epoch(
-                model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
-                auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
-                label_smoothing=config.label_smoothing, max_steps=config.steps_per_epoch,
-                report_every=config.report_every, log=log.info, speed=speed)
+            resumed = resume is not None and epoch == start_epoch and start_step > 0
+            try:
+                metrics = train_one_epoch(
+                    model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
+                    auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
+                    label_smoothing=config.label_smoothing, max_steps=config.steps_per_epoch,
+                    report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
+                    progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed)
+            except NonFiniteLossError as exc:
+                newest = next(iter(numbered_checkpoints(out)), None)
+                raise NonFiniteLossError(non_finite_message(
+                    exc, newest, resume_command(out), f"--learning-rate {config.learning_rate / 10:g}",
+                    getattr(config, "amp", False))) from None
             final = evaluate(model, data.test_loader, device, speed)
             scheduler.step()
             best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
@@ -238,16 +296,12 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                       "elapsed": time.perf_counter() - start}
             log.append_jsonl("metrics.jsonl", record)
             board.epoch(epoch + 1, record)
-            save_rotating(out, epoch + 1, {
-                "kind": "train", "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "genotype": genotype.to_dict(), "rng": capture_rng_states(), "test": final,
-                "best_test_acc": best_acc,
-            }, keep=config.keep_checkpoints)
+            path = save_rotating(out, epoch + 1, state(epoch + 1), keep=config.keep_checkpoints)
             log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  drop-path "
                      f"{model.drop_path_prob:.3f}  train loss {metrics['train_loss']:.4f} acc "
                      f"{metrics['train_acc']:.2f}%  test loss {final['loss']:.4f} acc {final['acc']:.2f}%  "
                      f"{metrics['epoch_time']:.1f} s ({metrics['images_per_s']:.0f} images/s)")
+            checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
     summary = {
         "finished": True, "cell": config.cell, "genotype": genotype.to_dict(), "epochs": config.epochs,
         "final_test_acc": _finite(final["acc"]), "final_test_loss": _finite(final["loss"]),

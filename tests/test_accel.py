@@ -249,24 +249,24 @@ def _oom_above_network(forward, limit):
 # --- CUDA ---------------------------------------------------------------------------------------
 
 @pytest.mark.needs_cuda
-def test_cuda_amp_channels_last_compile_search_step_runs_and_learns():
+@pytest.mark.parametrize("unrolled,compile_", [(False, False), (True, False), (False, True)])
+def test_cuda_amp_channels_last_search_step_runs_and_learns(unrolled, compile_):
     device = torch.device("cuda")
-    for compile_ in (False, True):
-        speed = Speed(device, amp=True, channels_last=True, compile=compile_)
-        model, architect = _architect(True, speed)
-        model = speed.prepare(model)
-        opt = architect.w_optimizer
-        losses = []
-        x, y = speed.batch(_batch(b=16, seed=4))
-        for _ in range(6):
-            architect.step((x, y), (x, y), xi=0.05)
-            opt.zero_grad()
-            with speed.autocast():
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        assert losses[-1] < losses[0]
+    speed = Speed(device, amp=True, channels_last=True, compile=compile_)
+    model, architect = _architect(unrolled, speed)
+    model = speed.prepare(model)
+    opt = architect.w_optimizer
+    losses = []
+    x, y = speed.batch(_batch(b=16, seed=4))
+    for _ in range(6):
+        architect.step((x, y), (x, y), xi=0.05)
+        opt.zero_grad()
+        with speed.autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
 
 
 @pytest.mark.needs_cuda

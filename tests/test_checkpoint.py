@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-from darts_nas.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from darts_nas.errors import CheckpointError
+from darts_nas.checkpoint import (FORMAT_VERSION, atomic_write_text, checkpoint_name, load_checkpoint,
+                                  load_newest_valid, numbered_checkpoints, remove_stale_temporaries,
+                                  save_checkpoint, save_rotating)
+from darts_nas.errors import CheckpointError, RunFileError
 
 
 def test_round_trip(tmp_path):
@@ -12,7 +14,7 @@ def test_round_trip(tmp_path):
     save_checkpoint(tmp_path / "c.pt", state)
     loaded = load_checkpoint(tmp_path / "c.pt")
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
-    assert loaded["format_version"] == 1
+    assert loaded["format_version"] == FORMAT_VERSION == 2
 
 
 def test_no_temporary_files_are_left_behind(tmp_path):
@@ -84,3 +86,47 @@ def test_new_files_get_the_usual_permissions(tmp_path):
         os.umask(old)
     for name in ("c.pt", "a.json"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
+
+
+def test_a_version_1_checkpoint_still_resumes_at_the_end_of_its_epoch(tmp_path):
+    torch.save({"format_version": 1, "kind": "search", "epoch": 2}, tmp_path / "checkpoint-epoch0002.pt")
+    state = load_newest_valid(tmp_path, print, kind="search")
+    assert (state["epoch"], state["step"]) == (2, 0)
+
+
+def test_checkpoints_inside_an_epoch_sort_between_the_epochs(tmp_path):
+    assert checkpoint_name(1) == "checkpoint-epoch0001.pt"
+    assert checkpoint_name(1, 12) == "checkpoint-epoch0002-step000012.pt"  # 12 steps into epoch 2
+    for epoch, step in [(0, 3), (1, 0), (1, 2), (1, 10), (2, 0)]:
+        save_rotating(tmp_path, epoch, {"epoch": epoch, "step": step}, keep=10, step=step)
+    assert [p.name for p in numbered_checkpoints(tmp_path)] == [
+        "checkpoint-epoch0002.pt", "checkpoint-epoch0002-step000010.pt", "checkpoint-epoch0002-step000002.pt",
+        "checkpoint-epoch0001.pt", "checkpoint-epoch0001-step000003.pt"]
+    save_rotating(tmp_path, 2, {"epoch": 2, "step": 1}, keep=2, step=1)
+    assert [p.name for p in numbered_checkpoints(tmp_path)] == [
+        "checkpoint-epoch0003-step000001.pt", "checkpoint-epoch0002.pt"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+
+
+def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "checkpoint-epoch0001.pt", {"kind": "train", "epoch": 1})
+    with pytest.raises(CheckpointError, match="belongs to a train run, not a search run"):
+        load_newest_valid(tmp_path, print, kind="search")
+
+
+def test_a_failed_write_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(RunFileError, match=r"cannot write .*c\.pt \(No space left on device\): free disk space"):
+        save_checkpoint(tmp_path / "c.pt", {"x": 1})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    (tmp_path / ".checkpoint-epoch0001.pt.123.0123abcd.tmp").write_bytes(b"torn")
+    (tmp_path / "notes.tmp").write_text("a user's file")
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".checkpoint-epoch0001.pt.123.0123abcd.tmp"]
+    assert os.listdir(tmp_path) == ["notes.tmp"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_nas.checkpoint import load_checkpoint
-from darts_nas.cli import search_main
+import darts_nas.checkpoint as checkpoint_module
+import darts_nas.engine as engine_module
+from darts_nas.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
+from darts_nas.cli import search_main, train_main
 from darts_nas.tracking import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +57,11 @@ def reference(tmp_path_factory):
     return out
 
 
-def start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train_search.py"), *ARGS, "--out", str(out)],
+def start(out: Path, *extra: str, script: str = "train_search.py", args=ARGS, wrapper: Path | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [str(wrapper)] if wrapper else []
+    return subprocess.Popen([sys.executable, *command, str(ROOT / script), *args, "--out", str(out), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -131,32 +137,312 @@ TRAIN_ARGS = ["--cell", "darts_v2", "--dataset", "digits", "--init-channels", "4
               "--batch-size", "32", "--steps-per-epoch", "4", "--epochs", "3", "--quiet", "--no-tensorboard"]
 
 
-def test_killed_retraining_resumes_bit_identical(tmp_path):
-    from darts_nas.cli import train_main
-
-    reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory):
+    reference = tmp_path_factory.mktemp("train-reference") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert train_main([*TRAIN_ARGS, "--out", str(reference)]) == 0
     finally:
         torch.set_num_threads(threads)
+    return reference
 
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "train_final.py"), *TRAIN_ARGS, "--out", str(out)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    kill_when(process, lambda: (out / "checkpoint-epoch0001.pt").exists())
-    assert not (out / "metrics.json").exists()
-    assert train_main([*TRAIN_ARGS, "--out", str(out)]) == 0  # drop-path, cutout and aux loss included
 
+def assert_same_training(reference: Path, out: Path) -> None:
     def strip(path):
         return [{k: v for k, v in m.items() if k not in TIMING | {"images_per_s"}} for m in read_jsonl(path)]
 
     assert strip(reference / "metrics.jsonl") == strip(out / "metrics.jsonl")
     a, b = load_checkpoint(reference / "checkpoint.pt")["model"], load_checkpoint(out / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary_a = json.loads((reference / "metrics.json").read_text())
     summary_b = json.loads((out / "metrics.json").read_text())
     assert summary_a["final_test_acc"] == summary_b["final_test_acc"]
     assert summary_a["best_test_acc"] == summary_b["best_test_acc"]
+
+
+def test_killed_retraining_resumes_bit_identical(tmp_path, train_reference):
+    out = tmp_path / "run"
+    process = start(out, script="train_final.py", args=TRAIN_ARGS)
+    kill_when(process, lambda: (out / "checkpoint-epoch0001.pt").exists())
+    assert not (out / "metrics.json").exists()
+    assert train_main([*TRAIN_ARGS, "--out", str(out)]) == 0  # drop-path, cutout and aux loss included
+    assert_same_training(train_reference, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Inside an epoch: checkpoints every N steps, a graceful stop on SIGINT/SIGTERM, --resume
+# --------------------------------------------------------------------------------------------
+
+
+def logged(out: Path, text: str) -> bool:
+    path = out / "log.txt"
+    return path.exists() and text in path.read_text()
+
+
+def no_temporaries(out: Path) -> bool:
+    return not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def wait_for_exit(process: subprocess.Popen, timeout: float = 60.0) -> tuple[int, str]:
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err.decode().strip()
+
+
+def test_sigint_stops_after_the_step_and_resume_flag_continues(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    process = start(out, "--report-every", "1")
+    deadline = time.monotonic() + 120
+    while not logged(out, "epoch 1 step 1/4"):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    code, err = wait_for_exit(process)
+    assert code == 130, err
+    assert "\n" not in err and err.startswith("stopped by SIGINT at epoch 1, step ")
+    assert f"train_search.py --resume {out}" in err and "same command" in err
+    newest = load_checkpoint(numbered_checkpoints(out)[0])
+    assert newest["epoch"] == 0 and 1 <= newest["step"] <= 4
+    assert not (out / "summary.json").exists() and no_temporaries(out)
+    assert search_main(["--resume", str(out), "--quiet"]) == 0  # the settings come from config.json
+    assert_same_run(reference, out)
+
+
+def test_sigterm_stops_a_retraining_and_resume_flag_continues(tmp_path, train_reference):
+    out = tmp_path / "run"
+    process = start(out, "--report-every", "1", script="train_final.py", args=TRAIN_ARGS)
+    deadline = time.monotonic() + 120
+    while not logged(out, "epoch 1 step 2/4"):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    code, err = wait_for_exit(process)
+    assert code == 143, err
+    assert "\n" not in err and "stopped by SIGTERM at epoch 1" in err and f"train_final.py --resume {out}" in err
+    assert load_checkpoint(numbered_checkpoints(out)[0])["step"] >= 2
+    assert train_main(["--resume", str(out), "--quiet"]) == 0
+    assert_same_training(train_reference, out)
+
+
+# Runs a script with os.replace slowed down for the checkpoint named in $BLOCK_CHECKPOINT: it
+# writes $MARKER and sleeps, so a test can signal the process in the middle of the write.
+SLOW_WRITE = """
+import os, runpy, sys, time
+from pathlib import Path
+
+real_replace = os.replace
+
+def slow_replace(src, dst, *args, **kwargs):
+    if os.environ["BLOCK_CHECKPOINT"] in Path(dst).name:
+        Path(os.environ["MARKER"]).write_text(str(src))
+        time.sleep(60)
+    return real_replace(src, dst, *args, **kwargs)
+
+os.replace = slow_replace
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def slow_writer(tmp_path: Path, block: str) -> tuple[Path, dict[str, str], Path]:
+    wrapper = tmp_path / "slow_write.py"
+    wrapper.write_text(SLOW_WRITE)
+    marker = tmp_path / "writing"
+    return wrapper, {"BLOCK_CHECKPOINT": block, "MARKER": str(marker)}, marker
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_inside_the_epoch_bit_identical(tmp_path, reference):
+    out = tmp_path / "run"
+    wrapper, env, marker = slow_writer(tmp_path, "checkpoint-epoch0001.pt")
+    process = start(out, "--checkpoint-every", "2", wrapper=wrapper, env=env)
+    kill_when(process, marker.exists)
+    assert Path(marker.read_text()).exists()  # the unfinished temporary file
+    newest = load_checkpoint(numbered_checkpoints(out)[0])  # the one taken inside epoch 1
+    assert (newest["epoch"], newest["step"], newest["format_version"]) == (0, 2, 2)
+    assert {"step", "seen", "sums", "elapsed"} <= set(newest["progress"])
+    assert search_main([*ARGS, "--out", str(out), "--checkpoint-every", "2"]) == 0
+    assert_same_run(reference, out)
+    assert no_temporaries(out)
+
+
+def test_second_signal_while_stopping_exits_at_once(tmp_path):
+    out = tmp_path / "run"
+    wrapper, env, marker = slow_writer(tmp_path, "-step")  # only the stop's checkpoint is inside an epoch
+    process = start(out, "--report-every", "1", wrapper=wrapper, env=env)
+    deadline = time.monotonic() + 120
+    while not logged(out, "epoch 1 step 1/4"):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    while not marker.exists():  # stopping: its checkpoint is being written
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code, err = wait_for_exit(process)
+    assert code == 143 and time.monotonic() - began < 20, err
+    assert "\n" not in err and "stopped at once by a second SIGTERM" in err
+    assert no_temporaries(out)  # the interrupted write cleaned up after itself
+    assert numbered_checkpoints(out) == []
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_write = os.write
+
+    def write_then_fill_the_disk(fd, data):
+        if "checkpoint-epoch0001.pt" in os.readlink(f"/proc/self/fd/{fd}"):
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc to tell which file is written")
+    monkeypatch.setattr(checkpoint_module.os, "write", write_then_fill_the_disk)
+    assert search_main([*ARGS, "--checkpoint-every", "2", "--out", str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: cannot write ") and "checkpoint-epoch0001.pt" in err
+    assert "No space left on device" in err and "free disk space or choose another --out" in err
+    assert no_temporaries(out)
+    assert [p.name for p in numbered_checkpoints(out)] == ["checkpoint-epoch0001-step000002.pt"]
+    previous = load_checkpoint(out / "checkpoint.pt")
+    assert (previous["epoch"], previous["step"]) == (0, 2)
+
+
+class PoisonedF:
+    """torch.nn.functional for the engine, whose training loss turns NaN at the n-th step."""
+
+    def __init__(self, at_call: int) -> None:
+        self.calls = 0
+        self.at_call = at_call
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+    def cross_entropy(self, logits, target, **kwargs):
+        loss = torch.nn.functional.cross_entropy(logits, target, **kwargs)
+        if "reduction" not in kwargs:  # the training step's loss, not evaluate()'s
+            self.calls += 1
+            if self.calls == self.at_call:
+                return loss * float("nan")
+        return loss
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(engine_module, "F", PoisonedF(at_call=3))  # epoch 1, step 3
+    assert search_main([*ARGS, "--checkpoint-every", "2", "--out", str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the training loss became nan at epoch 1, step 3" in err
+    assert "learning rate too high" in err and "NaNs or infinities in the data" in err
+    assert "checkpoint-epoch0001-step000002.pt is kept" in err
+    assert f"train_search.py --resume {out} --learning-rate 0.0025" in err
+    newest = load_checkpoint(numbered_checkpoints(out)[0])
+    assert (newest["epoch"], newest["step"]) == (0, 2)
+    assert all(torch.isfinite(t).all() for t in newest["model"].values() if t.is_floating_point())
+    assert not (out / "metrics.jsonl").exists() or read_jsonl(out / "metrics.jsonl") == []
+
+    # Refused without --resume (the settings differ); --resume may lower the learning rate.
+    assert search_main([*ARGS, "--out", str(out), "--learning-rate", "0.0025"]) == 2
+    assert search_main(["--resume", str(out), "--learning-rate", "0.0025", "--quiet"]) == 0
+    metrics = read_jsonl(out / "metrics.jsonl")
+    cosine = 0.001 + (0.0025 - 0.001) * (1 + torch.cos(torch.tensor(torch.pi / 3, dtype=torch.float64))) / 2
+    assert [m["lr"] for m in metrics[:2]] == pytest.approx([0.0025, float(cosine)])  # the schedule restarted
+    assert json.loads((out / "config.json").read_text())["config"]["learning_rate"] == 0.0025
+
+
+def test_resume_flag_refuses_what_it_cannot_resume(tmp_path, reference, train_reference, capsys):
+    def error(main, *argv):
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        return err
+
+    assert "no such run directory" in error(search_main, "--resume", str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    assert "no config.json" in error(search_main, "--resume", str(tmp_path / "empty"))
+    assert "finished search" in error(search_main, "--resume", str(reference))
+    assert "holds a search, not a training run: resume it with train_search.py --resume" in error(
+        train_main, "--resume", str(reference))
+    assert "train_final.py --resume" in error(search_main, "--resume", str(train_reference))
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(reference / "config.json", unfinished)
+    assert "no checkpoint to resume from" in error(search_main, "--resume", str(unfinished))
+    shutil.copy(reference / "checkpoint-epoch0002.pt", unfinished)
+    err = error(search_main, "--resume", str(unfinished), "--layers", "5", "--seed", "9")
+    assert "cannot change --layers (3 -> 5), --seed (2 -> 9)" in err
+    assert "--overwrite" in error(search_main, "--resume", str(unfinished), "--overwrite")
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, reference, train_reference, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(reference / "config.json", out)
+    shutil.copy(train_reference / "checkpoint-epoch0002.pt", out)  # a retraining's, in a search directory
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "belongs to a train run, not a search run" in err
+
+    state = load_checkpoint(reference / "checkpoint-epoch0002.pt")
+    state["model"]["alphas_normal"] = torch.zeros(3, 3)  # another search space's alphas
+    (out / "checkpoint-epoch0002.pt").unlink()
+    save_checkpoint(out / "checkpoint-epoch0002.pt", {k: v for k, v in state.items() if k != "format_version"})
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "does not fit this search (" in err and "alphas_normal" in err
+
+
+def test_checkpoint_intervals_are_validated_and_may_change(tmp_path, capsys):
+    assert search_main([*ARGS, "--checkpoint-every", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "--checkpoint-every must be at least 1" in capsys.readouterr().err
+    assert search_main([*ARGS, "--checkpoint-minutes", "-1", "--out", str(tmp_path / "a")]) == 2
+    assert "--checkpoint-minutes must be a positive" in capsys.readouterr().err
+
+
+def test_checkpoints_every_n_steps_and_every_m_minutes():
+    from darts_nas.engine import EpochProgress
+    from darts_nas.resume import GracefulStop, StepCheckpoints
+
+    def saved_steps(every_steps, every_minutes, seconds_per_step):
+        now, saved = [0.0], []
+        checkpoints = StepCheckpoints(every_steps, every_minutes, GracefulStop(),
+                                      lambda p: saved.append(p.step) or Path("c.pt"), "x --resume y", print,
+                                      clock=lambda: now[0])
+        for step in range(1, 11):  # one epoch of 10 steps
+            now[0] += seconds_per_step
+            checkpoints(EpochProgress(0, step, 10, step * 4, torch.zeros(2), now[0]))
+        return saved
+
+    assert saved_steps(4, None, 1.0) == [4, 8]
+    assert saved_steps(None, 0.5, 7.0) == [5]  # 35 s; the next would be due at 70 s, at the last step
+    assert saved_steps(4, 0.5, 7.0) == [4, 8]  # each checkpoint restarts the timer
+    assert saved_steps(None, None, 100.0) == []  # the last step is left to the epoch's own checkpoint
+
+
+def test_graceful_stop_restores_the_previous_handlers_and_only_in_the_main_thread():
+    import threading
+
+    from darts_nas.resume import GracefulStop, StopNow
+
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(StopNow) as second:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert second.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(GracefulStop().__enter__()._previous))
+    thread.start()
+    thread.join()
+    assert result == [{}]  # a thread installs nothing

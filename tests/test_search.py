@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,73 @@ def test_search_runs_on_cuda_with_the_same_command(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["environment"]["device"].startswith("cuda")
     assert Genotype.load(out / "genotype.json")
+
+
+def _placeholder_file(root: Path) -> list[str]:
+    root.write_text("put the CIFAR-10 files here\n")
+    return ["--dataset", "cifar10", "--data", str(root)]
+
+
+def _empty_directory(root: Path) -> list[str]:
+    root.mkdir()
+    return ["--dataset", "cifar10", "--data", str(root)]
+
+
+def _folder_without_class_subfolders(root: Path) -> list[str]:
+    write_image_folder(root / "tmp", classes=("a",), per_class=1)
+    (root / "tmp" / "a" / "img0.png").rename(root / "img0.png")  # loose images, no class folder
+    shutil.rmtree(root / "tmp")
+    return ["--dataset", "folder", "--data", str(root)]
+
+
+def _folder_with_an_empty_class(root: Path) -> list[str]:
+    write_image_folder(root, classes=("a", "b"), per_class=4)
+    (root / "empty").mkdir()
+    return ["--dataset", "folder", "--data", str(root)]
+
+
+def _folder_of_non_images(root: Path) -> list[str]:
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        (root / c / "notes.txt").write_text("not an image")
+    return ["--dataset", "folder", "--data", str(root)]
+
+
+def _images_too_small(root: Path) -> list[str]:
+    write_image_folder(root, classes=("a", "b"), per_class=4)
+    return ["--dataset", "folder", "--data", str(root), "--image-size", "2", "--batch-size", "2"]
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (_placeholder_file, "is not a directory"),
+    (_empty_directory, "not found under"),
+    (_folder_without_class_subfolders, "no class subfolders"),
+    (_folder_with_an_empty_class, "contains no images"),
+    (_folder_of_non_images, "no image files"),
+    (_images_too_small, "need images of at least 3x3"),
+    (lambda root: ["--train-portion", "0"], "between 0 and 1"),
+    (lambda root: ["--train-portion", "1"], "between 0 and 1"),
+])
+def test_bad_data_gives_one_line_error_and_writes_nothing(tmp_path, capsys, make_args, message):
+    code, out = search(tmp_path, *make_args(tmp_path / "data"))
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def test_output_below_a_regular_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code = search_main([*TINY, "--out", str(tmp_path / "file" / "run")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot write to the output directory" in err and "Not a directory" in err
+
+
+def test_odd_33x33_images_work(tmp_path):
+    data = tmp_path / "images"
+    write_image_folder(data, classes=("a", "b"), per_class=6)
+    code, out = search(tmp_path, "--dataset", "folder", "--data", str(data), "--image-size", "33",
+                       "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "1", "--no-tensorboard")
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["dataset"]["image_size"] == 33

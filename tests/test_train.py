@@ -140,6 +140,10 @@ BAD_CELLS = {
     "node out of range": ("{file:" + json.dumps({"normal": [["skip_connect", 0], ["skip_connect", 5]], "normal_concat": [2],
                                                 "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}) + "}",
                           "5"),
+    "missing key": ("{file:" + json.dumps({"normal": [["skip_connect", 0], ["skip_connect", 1]], "normal_concat": [2]})
+                    + "}", "reduce"),
+    "legacy text beyond the grammar": ("Genotype(normal=__import__('os').system('true'), normal_concat=[2], "
+                                       "reduce=[], reduce_concat=[2])", "is not allowed"),
     "none in a cell": ("{file:" + json.dumps({"normal": [["none", 0], ["skip_connect", 1]], "normal_concat": [2],
                                              "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}) + "}",
                        "none"),
@@ -187,3 +191,23 @@ def test_training_runs_on_cuda(tmp_path):
     code, out = train(tmp_path, "--device", "cuda", "--epochs", "1", "--steps-per-epoch", "2")
     assert code == 0
     assert json.loads((out / "config.json").read_text())["environment"]["device"].startswith("cuda")
+
+
+def test_a_split_smaller_than_one_batch_trains_in_one_short_batch(tmp_path):
+    code, out = train(tmp_path, "--batch-size", "5000", "--epochs", "1", "--steps-per-epoch", "1",
+                      "--no-auxiliary", "--no-tensorboard")
+    assert code == 0
+    assert read_jsonl(out / "metrics.jsonl")[0]["steps"] == 1
+
+
+def test_images_too_small_for_the_imagenet_stem_are_refused(tmp_path, capsys):
+    from datasets_fixtures import write_image_folder
+
+    for split in ("train", "val"):
+        write_image_folder(tmp_path / "img" / split, classes=("a", "b"), per_class=2)
+    code = train_main(["--cell", "darts_v2", "--protocol", "imagenet", "--dataset", "folder", "--data",
+                       str(tmp_path / "img"), "--image-size", "16", "--epochs", "1", "--out", str(tmp_path / "t")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "16x16 images are too small for the imagenet network" in err and "17x17" in err
+    assert not (tmp_path / "t").exists()
