@@ -96,8 +96,9 @@ def main(argv=None) -> dict:
     data_root = write_fake_cifar10(Path(args.data) if args.data else workdir / "data", **sizes)
     accept_fake_checksums(data_root)
     speed = {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
-             "gpu_data": args.gpu_data, "workers": args.workers, "device": args.device}
+             "gpu_data": args.gpu_data, "workers": args.workers}
     common = {"dataset": "cifar10", "data": str(data_root), "epochs": args.epochs, "out": str(workdir / "run"),
+              "device": args.device,
               "steps_per_epoch": args.steps_per_epoch, **speed}
     if args.batch_size:
         common["batch_size"] = args.batch_size
