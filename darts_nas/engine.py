@@ -22,15 +22,25 @@ def _to(batch, device: torch.device):
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+def _totals(sums: torch.Tensor, seen: int, dist) -> tuple[list[float], int]:
+    """The metric sums and the image count of every process (of this one without ``dist``)."""
+    if dist is None:
+        return sums.tolist(), seen
+    total = dist.all_sum(torch.cat([sums, sums.new_tensor([seen])]))
+    return total[:-1].tolist(), int(total[-1].item())
+
+
 def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_batches: Iterator,
                      w_optimizer: torch.optim.Optimizer, *, device: torch.device, grad_clip: float,
                      epoch: int, max_steps: int | None = None, report_every: int = 50,
-                     log: Callable[[str], None] | None = None) -> dict[str, float]:
+                     log: Callable[[str], None] | None = None, dist=None) -> dict[str, float]:
     """One epoch of the alternating bilevel search.
 
     Per step (REFERENCE section 3): an architecture step on the next batch of the architecture
     half, then an SGD step on the weights with a batch of the weight half. ``xi`` of the
-    second-order step is the weights' learning rate of this epoch.
+    second-order step is the weights' learning rate of this epoch. Under torchrun ``dist``
+    (:class:`darts_nas.distributed.Distributed`) averages the weight gradients over the
+    processes and sums the metrics; every process must then pass a ``log`` (or none) alike.
     """
     model.train()
     weights = model.weights()
@@ -55,6 +65,8 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
                 f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower "
                 f"--learning-rate or --arch-learning-rate, or check the data for NaNs")
         loss.backward(inputs=weights)
+        if dist is not None:  # the gradient of the global batch, before clipping its norm
+            dist.average_gradients(weights)
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(weights, grad_clip)
         w_optimizer.step()
@@ -69,12 +81,12 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
             ])
             seen += n
         if log is not None and (step % report_every == 0 or step == total):
-            s = sums.tolist()
+            s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
-            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
-                f"arch loss {s[2] / seen:.4f}  arch acc {100 * s[3] / seen:.2f}%  "
+            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / n:.4f}  acc {100 * s[1] / n:.2f}%  "
+                f"arch loss {s[2] / n:.4f}  arch acc {100 * s[3] / n:.2f}%  "
                 f"{elapsed / step:.3f} s/step")
-    s = sums.tolist()
+    s, seen = _totals(sums, seen, dist)
     seen = max(seen, 1)
     return {
         "train_loss": s[0] / seen,
@@ -90,11 +102,13 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, grad_clip: float, epoch: int, auxiliary_weight: float = 0.0,
                     label_smoothing: float = 0.0, max_steps: int | None = None, report_every: int = 50,
-                    log: Callable[[str], None] | None = None) -> dict[str, float]:
+                    log: Callable[[str], None] | None = None, dist=None) -> dict[str, float]:
     """One epoch of ordinary training of a final network (``forward -> (logits, logits_aux)``).
 
     The auxiliary head's loss is added with weight ``auxiliary_weight`` when the model returns
-    auxiliary logits (training mode with an auxiliary head).
+    auxiliary logits (training mode with an auxiliary head). Under torchrun ``model`` is a
+    ``DistributedDataParallel`` and ``dist`` sums the metrics over the processes, so loss,
+    accuracy and images per second are those of the whole job.
     """
     model.train()
     total = len(loader) if max_steps is None else min(max_steps, len(loader))
@@ -122,11 +136,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
             seen += n
         if log is not None and (step % report_every == 0 or step == total):
-            s = sums.tolist()
+            s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
-            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
-                f"{elapsed / step:.3f} s/step  {seen / elapsed:.1f} images/s")
-    s = sums.tolist()
+            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / n:.4f}  acc {100 * s[1] / n:.2f}%  "
+                f"{elapsed / step:.3f} s/step  {n / elapsed:.1f} images/s")
+    s, seen = _totals(sums, seen, dist)
     elapsed = time.perf_counter() - start
     return {
         "train_loss": s[0] / max(seen, 1),
@@ -139,8 +153,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
-    """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics)."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, dist=None) -> dict[str, float]:
+    """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics). Under torchrun
+    each process reads its shard and ``dist`` sums losses, hits and counts over them."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -155,5 +170,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[s
         correct += (logits.argmax(1) == y).sum().double()
         seen += y.numel()
     model.train(was_training)
+    (loss_total, correct_total), seen = _totals(torch.stack([loss_sum, correct]), seen, dist)
     seen = max(seen, 1)
-    return {"loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}
+    return {"loss": loss_total / seen, "acc": 100.0 * correct_total / seen}
