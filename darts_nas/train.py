@@ -5,7 +5,8 @@ The run directory receives ``config.json``, ``genotype.json`` (the trained cell)
 and best test accuracy, parameters with and without the auxiliary head, multiply-adds, wall time),
 the cell diagrams ``cell_normal.dot``/``cell_reduce.dot`` (and ``.png``/``.svg`` with Graphviz) and,
 unless ``config.tensorboard`` is off, TensorBoard event files (:class:`darts_nas.tracking.TrainBoard`).
-With ``--epochs 0`` only the network is built and its sizes are written.
+With ``--epochs 0`` only the network is built and its sizes are written. Under torchrun the
+network is trained with DistributedDataParallel and rank 0 alone writes (:mod:`darts_nas.distributed`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import torch
 from .checkpoint import atomic_write_text, clear_run_files, resume_checkpoint, save_rotating, truncate_jsonl
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
+from .distributed import Distributed, session
 from .engine import evaluate, train_one_epoch
 from .genotype import Genotype, resolve
 from .network import NETWORKS, count_auxiliary_parameters, count_multiply_adds, count_parameters
-from .runtime import (capture_rng_states, environment, prepare_run_dir, resolve_device, restore_rng_states,
-                      seed_everything)
+from .runtime import environment, prepare_run_dir, seed_everything
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remove_event_files
 
 FINISHED = "metrics.json"
@@ -68,8 +69,14 @@ def _info_without_training(config: TrainConfig) -> DatasetInfo:
 def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     """Train ``config.cell`` and return the summary written to metrics.json. With
     ``config.compare``, the same protocol then trains each compared cell in a subdirectory and the
-    summary lists all results."""
-    device = resolve_device(config.device)
+    summary lists all results. Under torchrun, every process calls this."""
+    with session(config.device) as ctx:
+        return _run(config, quiet, ctx)
+
+
+def _run(config: TrainConfig, quiet: bool, ctx: Distributed) -> dict[str, Any]:
+    device = ctx.device
+    config = ctx.resume_instead_of_overwrite(config)
     genotype = resolve(config.cell)
     NETWORKS.get(config.network)
     compare = [(spec, resolve(spec)) for spec in config.compare]
@@ -79,26 +86,35 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     else:
         info = get_info(config.dataset, config.data, config.image_size)
         config = config.replace(cutout=resolved_cutout(config, info))
-        data = train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
-                               workers=config.workers, download=config.download,
-                               image_size=config.image_size, cutout=config.cutout,
-                               device_type=device.type)
+        def load():
+            return train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
+                                   workers=config.workers, download=config.download,
+                                   image_size=config.image_size, cutout=config.cutout,
+                                   device_type=device.type)
+
+        data = ctx.local_main_first(load) if config.download else load()  # one download per node
+        data = ctx.shard_train_data(data, config.batch_size)
         info = data.info
-    out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED,
-                          allow_unfinished=True)
+    out = ctx.on_main(lambda: prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES,
+                                              FINISHED, allow_unfinished=True))
     config = config.replace(out=str(out))
-    log = RunLog(out, quiet=quiet)
+    log = ctx.run_log(out, quiet=quiet)
     try:
-        resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
-            out, "training run", config.to_dict(), RESUMABLE_CHANGES, log.info, map_location=device)
-        if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
-            clear_run_files(out, RUN_FILES)
-            remove_event_files(out)
+        def newest_checkpoint():
+            resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
+                out, "training run", config.to_dict(), RESUMABLE_CHANGES, log.info,
+                map_location=ctx.checkpoint_location)
+            if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
+                clear_run_files(out, RUN_FILES)
+                remove_event_files(out)
+            return resume
+
+        resume = ctx.on_main(newest_checkpoint)  # rank 0 reads it, every rank gets it
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
                            purge_step=resume["epoch"] + 1 if resume else None)
         try:
-            summary = _train(config, genotype, data, info, device, log, board, resume)
+            summary = _train(config, genotype, data, info, device, log, board, resume, ctx)
         finally:
             board.close()
     finally:
@@ -110,8 +126,9 @@ def run(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
             other = run(config.replace(cell=spec, compare=(), out=str(sub)), quiet=quiet)
             results.append({"cell": spec, **_headline(other)})
         summary["comparison"] = results
-        atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
-        if not quiet:
+        if ctx.is_main:
+            atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+        if not quiet and ctx.is_main:
             print(comparison_table(results), flush=True)
     return summary
 
@@ -138,7 +155,9 @@ def comparison_table(results: list[dict[str, Any]]) -> str:
 
 
 def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
-           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+           log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None, ctx: Distributed | None = None
+           ) -> dict[str, Any]:
+    ctx = ctx if ctx is not None else Distributed(device=device)
     out = log.out
     seed_everything(config.seed)
     model = NETWORKS.get(config.network)(
@@ -146,17 +165,20 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
         auxiliary=config.auxiliary, in_channels=info.in_channels)
     sizes = network_sizes(model, info)
     model = model.to(device)
-    genotype.save(out / "genotype.json", extra={"cell": config.cell})
+    if ctx.is_main:
+        genotype.save(out / "genotype.json", extra={"cell": config.cell})
     board.diagrams.write(genotype, out)
     board.start(genotype, sizes)
-    atomic_write_text(out / "config.json", json.dumps({
-        "config": config.to_dict(), "protocol": config.protocol,
-        "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
-                    "image_size": info.image_size,
-                    "train_images": data.num_train if data else None,
-                    "test_images": data.num_test if data else None},
-        "sizes": sizes, "environment": environment(device),
-    }, indent=2, sort_keys=True))
+    if ctx.is_main:
+        atomic_write_text(out / "config.json", json.dumps({
+            "config": config.to_dict(), "protocol": config.protocol,
+            "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                        "image_size": info.image_size,
+                        "train_images": data.num_train if data else None,
+                        "test_images": data.num_test if data else None},
+            "sizes": sizes, "environment": environment(device),
+            **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
+        }, indent=2, sort_keys=True))
     log.info(f"{config.network} network of {config.cell!r}: {config.layers} cells, C={config.init_channels}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
              f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
@@ -166,6 +188,14 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
     final = {"loss": float("nan"), "acc": float("nan")}
     best_acc = float("nan")
     if config.epochs > 0:
+        # Under torchrun: SyncBatchNorm on GPUs, and the DistributedDataParallel the loop trains;
+        # the auxiliary head takes no gradient when its loss has weight 0.
+        model, trained = ctx.data_parallel(model, find_unused_parameters=config.auxiliary and not
+                                           config.auxiliary_weight > 0)
+        if ctx.is_distributed:
+            ctx.seed_ranks(config.seed)  # own augmentation and drop-path draws per rank
+            log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
+                     f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
         optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         if config.lr_schedule == "cosine":
@@ -178,19 +208,21 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-            restore_rng_states(resume["rng"])
+            ctx.restore_rng_states(resume, config.seed)
             start_epoch, final, best_acc = resume["epoch"], resume["test"], resume["best_test_acc"]
-            truncate_jsonl(out / "metrics.jsonl", start_epoch)
+            if ctx.is_main:
+                truncate_jsonl(out / "metrics.jsonl", start_epoch)
             log.info(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
         for epoch in range(start_epoch, config.epochs):
             set_epoch(data.train_loader, epoch)
             model.drop_path_prob = drop_path_schedule(config.drop_path_prob, epoch, config.epochs)
             metrics = train_one_epoch(
-                model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
+                trained, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
                 auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
                 label_smoothing=config.label_smoothing, max_steps=config.steps_per_epoch,
-                report_every=config.report_every, log=log.info)
-            final = evaluate(model, data.test_loader, device)
+                report_every=config.report_every, log=log.info, dist=ctx.sync)
+            ctx.average_buffers(model)  # one set of BatchNorm statistics for the test and checkpoint
+            final = evaluate(model, data.test_loader, device, dist=ctx.sync)
             scheduler.step()
             best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
             record = {"epoch": epoch + 1, **metrics, "drop_path_prob": model.drop_path_prob,
@@ -198,12 +230,15 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                       "elapsed": time.perf_counter() - start}
             log.append_jsonl("metrics.jsonl", record)
             board.epoch(epoch + 1, record)
-            save_rotating(out, epoch + 1, {
-                "kind": "train", "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "genotype": genotype.to_dict(), "rng": capture_rng_states(), "test": final,
-                "best_test_acc": best_acc,
-            }, keep=config.keep_checkpoints)
+            ctx.check_replicas(model)
+            rng = ctx.rng_states()  # every rank's: a collective
+            if ctx.is_main:
+                save_rotating(out, epoch + 1, {
+                    "kind": "train", "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "genotype": genotype.to_dict(), **rng, "test": final,
+                    "best_test_acc": best_acc,
+                }, keep=config.keep_checkpoints)
             log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  drop-path "
                      f"{model.drop_path_prob:.3f}  train loss {metrics['train_loss']:.4f} acc "
                      f"{metrics['train_acc']:.2f}%  test loss {final['loss']:.4f} acc {final['acc']:.2f}%  "
@@ -215,7 +250,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
         **sizes, "wall_time": time.perf_counter() - start, "out": str(out),
     }
     board.finish(config, summary)
-    atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+    if ctx.is_main:
+        atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
     if config.epochs > 0:
         log.info(f"training finished in {summary['wall_time']:.1f} s: final test accuracy "
                  f"{final['acc']:.2f}% (best {best_acc:.2f}%)")
