@@ -494,6 +494,23 @@ def _device_for(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _attempt_store(world_size: int, restart_count: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun's own store, with keys private to this attempt; None outside torchrun's agent.
+
+    torchrun's agent shares one TCPStore between its rendezvous and the workers' process group
+    and keeps it across ``--max-restarts`` restarts, so a restarted group would read the
+    addresses its dead predecessors published under the same keys (gloo then connects to a
+    dead port, NCCL to a stale unique id: pytorch/pytorch#135712). A prefix per restart keeps
+    each attempt's keys apart; ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on the torchrun command
+    line avoids the shared store altogether.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"darts_nas/attempt{restart_count}", store)
+
+
 @contextmanager
 def session(device_name: str) -> Iterator[Distributed]:
     """This process's :class:`Distributed` for the length of a run.
@@ -511,19 +528,24 @@ def session(device_name: str) -> Iterator[Distributed]:
         return
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
+    restart_count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     device = _device_for(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_seconds())}
+    timeout = datetime.timedelta(seconds=timeout_seconds())
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
     if device.type == "cuda":
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
     try:
+        store = _attempt_store(world_size, restart_count, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
         dist.init_process_group(**kwargs)
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(f"rank {rank} could not join the process group of {world_size} ({exc}): check "
                                f"torchrun's --rdzv-endpoint / --master-addr and that every node can reach it") from None
     ctx = Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend,
-                      restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+                      restart_count=restart_count)
     _ACTIVE = ctx
     finished = False
     try:
