@@ -25,8 +25,8 @@ from torch import nn
 from darts_nas.architect import Architect
 from darts_nas.checkpoint import load_checkpoint
 from darts_nas.data import DigitsDataset, build_transform, get_info
-from darts_nas.distributed import (Distributed, DistributedError, ShardedPassSampler, ShardSampler, launched_by_torchrun,
-                                   per_rank_batch, timeout_seconds)
+from darts_nas.distributed import (Distributed, DistributedError, ShardedPassSampler, ShardSampler,
+                                   launched_by_torchrun, per_rank_batch, timeout_seconds)
 from darts_nas.engine import search_one_epoch
 from darts_nas.errors import ConfigError
 from darts_nas.supernet import Supernet
@@ -72,7 +72,8 @@ def test_evaluation_shards_count_every_image_once():
 
 def test_batch_size_is_global_and_must_divide():
     assert per_rank_batch(64, 4) == 16
-    with pytest.raises(ConfigError, match=r"--batch-size 30 is the global batch .* 4 processes: pass --batch-size 28 or 32"):
+    message = r"--batch-size 30 is the global batch .* 4 processes: pass --batch-size 28 or 32"
+    with pytest.raises(ConfigError, match=message):
         per_rank_batch(30, 4)
 
 
@@ -140,7 +141,8 @@ def _random_batches(steps: int, batch: int):
     g = torch.Generator().manual_seed(1)
 
     def one():
-        return torch.randn(batch, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (batch,), generator=g)
+        images = torch.randn(batch, 1, 8, 8, generator=g, dtype=torch.float64)
+        return images, torch.randint(0, 10, (batch,), generator=g)
 
     return [(one(), one()) for _ in range(steps)]
 
