@@ -356,3 +356,59 @@ def test_two_rank_final_training_counts_every_test_image_once(tmp_path):
     assert data.num_test == 300
     assert round(summary["final_test_acc"] * 3) == round(single["acc"] * 3)  # hits out of 300
     assert summary["final_test_loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+class _WorldOfOne(Distributed):
+    """A one-process group that takes every distributed code path (collectives, DDP, SyncBN)."""
+
+    is_distributed = property(lambda self: True)
+
+
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=pytest.mark.needs_cuda)])
+def test_distributed_code_paths_in_a_world_of_one(tmp_path, backend):
+    from darts_nas.genotype import load_cell
+    from darts_nas.network import NETWORKS
+
+    device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
+    extra = {"device_id": device} if backend == "nccl" else {}
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1, **extra)
+    try:
+        ctx = _WorldOfOne(device=device, backend=backend)
+        assert ctx.sync is ctx
+        # The search's loop, gradients averaged through the backend: one rank changes nothing.
+        model = _supernet(batchnorm=True, dtype=torch.float32).to(device)
+        architect = Architect(model, torch.optim.SGD(model.weights(), lr=0.05, momentum=0.9), unrolled=True)
+        architect.average_gradients = ctx.average
+        batches = [((torch.randn(4, 1, 8, 8, device=device), torch.randint(0, 10, (4,), device=device)),) * 2]
+        metrics = search_one_epoch(model, architect, [b for b, _ in batches], iter([a for _, a in batches]),
+                                   architect.w_optimizer, device=device, grad_clip=5.0, epoch=0, dist=ctx)
+        assert metrics["steps"] == 1 and metrics["train_loss"] > 0
+        ctx.average_buffers(model)
+        assert len(ctx.check_replicas(model, model.genotype())) == 64
+        # The final network: DistributedDataParallel, with SyncBatchNorm on GPUs only.
+        network = NETWORKS.get("cifar")(genotype=load_cell("darts_v2"), C=4, layers=3, num_classes=10,
+                                        auxiliary=True, in_channels=1).to(device)
+        network, trained = ctx.data_parallel(network)
+        assert isinstance(trained, nn.parallel.DistributedDataParallel)
+        synced = sum(isinstance(m, nn.SyncBatchNorm) for m in network.modules())
+        assert (synced > 0) == (device.type == "cuda")
+        x, y = torch.randn(8, 1, 8, 8, device=device), torch.randint(0, 10, (8,), device=device)
+        logits, aux = trained(x)
+        (F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)).backward()
+        assert all(p.grad is not None for p in network.parameters())
+        assert ctx.on_main(lambda: "rank 0's") == "rank 0's"
+        assert set(ctx.rng_states()) == {"rng", "rng_ranks", "world_size"}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.needs_cuda
+def test_torchrun_on_one_gpu_uses_nccl(tmp_path):
+    args = ["--dataset", "digits", "--init-channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "32",
+            "--steps-per-epoch", "2", "--epochs", "1", "--no-tensorboard", "--device", "cuda", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+               str(ROOT / "train_search.py"), *args, "--out", str(tmp_path / "run")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["environment"]["device"] == "cuda:0"
