@@ -46,7 +46,13 @@ class Architect:
 
     ``w_optimizer`` is the weights' SGD optimizer: its momentum, weight decay and momentum
     buffers define the virtual step of the second-order gradient.
+
+    ``average_gradients`` (set by :mod:`darts_nas.distributed` under torchrun) averages a list of
+    gradients over the processes; every gradient a formula uses passes through it first, so each
+    process computes the hypergradient of the global batch.
     """
+
+    average_gradients: Callable[[Sequence[torch.Tensor | None]], list[torch.Tensor | None]] | None = None
 
     def __init__(self, model: Supernet, w_optimizer: torch.optim.SGD, lr: float = 3e-4,
                  betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
@@ -79,16 +85,19 @@ class Architect:
             return F.cross_entropy(logits, y), logits
 
     # -- gradients ---------------------------------------------------------------------------
+    def _averaged(self, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        return list(grads) if self.average_gradients is None else self.average_gradients(grads)
+
     def first_order_grad(self, val_batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         loss, logits = self.loss(val_batch)
-        return _grads(loss, self.model.arch_parameters()), loss.detach(), logits.detach()
+        return self._averaged(_grads(loss, self.model.arch_parameters())), loss.detach(), logits.detach()
 
     def virtual_step(self, train_batch: Batch, xi: float) -> list[torch.Tensor]:
         """w' = w - xi * (momentum * v + grad_w L_train(w, a) + wd * w), detached."""
         group = self.w_optimizer.param_groups[0]
         momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         loss, _ = self.loss(train_batch)
-        grads = torch.autograd.grad(loss, self._weights, allow_unused=True)
+        grads = self._averaged(torch.autograd.grad(loss, self._weights, allow_unused=True))
         virtual = []
         with torch.no_grad():
             for p, g in zip(self._weights, grads):
@@ -123,10 +132,11 @@ class Architect:
         alphas = self.model.arch_parameters()
         virtual = [w.requires_grad_(True) for w in self.virtual_step(train_batch, xi)]
         loss, logits = self.loss(val_batch, virtual)
-        grads = _grads(loss, alphas + virtual)
+        # grad_w' is averaged with grad_alpha, before eps and w+- are derived from it.
+        grads = self._averaged(_grads(loss, alphas + virtual))
         d_alpha, d_virtual = grads[: len(alphas)], grads[len(alphas):]
         del virtual, grads
-        implicit = self.hessian_vector_product(d_virtual, train_batch)
+        implicit = self._averaged(self.hessian_vector_product(d_virtual, train_batch))
         return [da - xi * h for da, h in zip(d_alpha, implicit)], loss.detach(), logits.detach()
 
     # -- the step ----------------------------------------------------------------------------

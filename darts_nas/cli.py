@@ -56,7 +56,8 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", default=d.method, help="search method (registered: darts)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
-                   help="batch size of each half (weights and architecture)")
+                   help="batch size of each half (weights and architecture); under torchrun the global batch, "
+                        "split evenly over the processes")
     g.add_argument(*_flag("--learning-rate", "--learning_rate"), type=float, default=d.learning_rate,
                    help="initial weight learning rate (SGD), cosine-annealed")
     g.add_argument(*_flag("--learning-rate-min", "--learning_rate_min"), type=float, default=d.learning_rate_min,
@@ -280,7 +281,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="training epochs; 0 builds the network, reports its sizes and exits")
-    g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=None, help="batch size")
+    g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=None,
+                   help="batch size; under torchrun the global batch, split evenly over the processes")
     g.add_argument(*_flag("--learning-rate", "--learning_rate"), type=float, default=None, help="initial SGD learning rate")
     g.add_argument("--lr-schedule", choices=["cosine", "step"], default=None,
                    help="cosine annealing to --learning-rate-min, or multiply by --lr-decay every epoch")

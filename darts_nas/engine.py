@@ -68,12 +68,21 @@ def _autocast(speed):
     return contextlib.nullcontext() if speed is None else speed.autocast()
 
 
+def _totals(sums: torch.Tensor, seen: int, dist) -> tuple[list[float], int]:
+    """The metric sums and the image count of every process (of this one without ``dist``)."""
+    if dist is None:
+        return sums.tolist(), seen
+    total = dist.all_sum(torch.cat([sums, sums.new_tensor([seen])]))
+    return total[:-1].tolist(), int(total[-1].item())
+
+
 def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_batches: Iterator,
                      w_optimizer: torch.optim.Optimizer, *, device: torch.device, grad_clip: float,
                      epoch: int, max_steps: int | None = None, report_every: int = 50,
                      log: Callable[[str], None] | None = None, start_step: int = 0,
                      progress: dict[str, Any] | None = None,
-                     on_step: Callable[[EpochProgress], None] | None = None, speed=None) -> dict[str, float]:
+                     on_step: Callable[[EpochProgress], None] | None = None, speed=None,
+                     dist=None) -> dict[str, float]:
     """One epoch of the alternating bilevel search.
 
     Per step (REFERENCE section 3): an architecture step on the next batch of the architecture
@@ -84,7 +93,9 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     ``progress`` (:meth:`EpochProgress.state_dict`) recorded then; the weight loader (with a
     :class:`~darts_nas.data.PassSampler`) skips the images already used. ``on_step`` is called
     after every completed step (to checkpoint inside the epoch). ``speed`` (a
-    :class:`darts_nas.accel.Speed`) sets autocast and the input memory format.
+    :class:`darts_nas.accel.Speed`) sets autocast and the input memory format. Under torchrun
+    ``dist`` (:class:`darts_nas.distributed.Distributed`) averages the weight gradients over the
+    processes and sums the metrics; every process must then pass a ``log`` (or none) alike.
     """
     model.train()
     weights = model.weights()
@@ -107,6 +118,8 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
             loss = F.cross_entropy(logits, y)
         _check_finite({"architecture": arch_out["loss"], "training": loss}, epoch, step)
         loss.backward(inputs=weights)
+        if dist is not None:  # the gradient of the global batch, before clipping its norm
+            dist.average_gradients(weights)
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(weights, grad_clip)
         w_optimizer.step()
@@ -121,14 +134,14 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
             ])
             seen += n
         if log is not None and (step % report_every == 0 or step == total):
-            s = sums.tolist()
+            s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
-            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
-                f"arch loss {s[2] / seen:.4f}  arch acc {100 * s[3] / seen:.2f}%  "
+            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / n:.4f}  acc {100 * s[1] / n:.2f}%  "
+                f"arch loss {s[2] / n:.4f}  arch acc {100 * s[3] / n:.2f}%  "
                 f"{elapsed / step:.3f} s/step")
         if on_step is not None:
             on_step(EpochProgress(epoch, step, total, seen, sums, time.perf_counter() - start))
-    s = sums.tolist()
+    s, seen = _totals(sums, seen, dist)
     seen = max(seen, 1)
     return {
         "train_loss": s[0] / seen,
@@ -146,12 +159,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     label_smoothing: float = 0.0, max_steps: int | None = None, report_every: int = 50,
                     log: Callable[[str], None] | None = None, start_step: int = 0,
                     progress: dict[str, Any] | None = None,
-                    on_step: Callable[[EpochProgress], None] | None = None, speed=None) -> dict[str, float]:
+                    on_step: Callable[[EpochProgress], None] | None = None, speed=None,
+                    dist=None) -> dict[str, float]:
     """One epoch of ordinary training of a final network (``forward -> (logits, logits_aux)``).
 
     The auxiliary head's loss is added with weight ``auxiliary_weight`` when the model returns
     auxiliary logits (training mode with an auxiliary head). ``start_step``, ``progress`` and
-    ``on_step`` work as in :func:`search_one_epoch`.
+    ``on_step`` work as in :func:`search_one_epoch`. Under torchrun ``model`` is a
+    ``DistributedDataParallel`` and ``dist`` sums the metrics over the processes, so loss,
+    accuracy and images per second are those of the whole job.
     """
     model.train()
     total = len(loader) if max_steps is None else min(max_steps, len(loader))
@@ -177,13 +193,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
             seen += n
         if log is not None and (step % report_every == 0 or step == total):
-            s = sums.tolist()
+            s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
-            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / seen:.4f}  acc {100 * s[1] / seen:.2f}%  "
-                f"{elapsed / step:.3f} s/step  {seen / elapsed:.1f} images/s")
+            log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / n:.4f}  acc {100 * s[1] / n:.2f}%  "
+                f"{elapsed / step:.3f} s/step  {n / elapsed:.1f} images/s")
         if on_step is not None:
             on_step(EpochProgress(epoch, step, total, seen, sums, time.perf_counter() - start))
-    s = sums.tolist()
+    s, seen = _totals(sums, seen, dist)
     elapsed = time.perf_counter() - start
     return {
         "train_loss": s[0] / max(seen, 1),
@@ -196,8 +212,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=None) -> dict[str, float]:
-    """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics)."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=None, dist=None) -> dict[str, float]:
+    """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics). Under torchrun
+    each process reads its shard and ``dist`` sums losses, hits and counts over them."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -213,5 +230,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=Non
         correct += (logits.argmax(1) == y).sum().double()
         seen += y.numel()
     model.train(was_training)
+    (loss_total, correct_total), seen = _totals(torch.stack([loss_sum, correct]), seen, dist)
     seen = max(seen, 1)
-    return {"loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}
+    return {"loss": loss_total / seen, "acc": 100.0 * correct_total / seen}

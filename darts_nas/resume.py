@@ -37,15 +37,18 @@ class GracefulStop:
     step, writes a checkpoint and stops. A second one raises :class:`StopNow` at once.
 
     Handlers are installed only in the main thread (Python delivers signals there only) and the
-    previous ones are restored on exit, so a library caller keeps its own handling.
+    previous ones are restored on exit, so a library caller keeps its own handling. With
+    ``enabled=False`` (under torchrun, where the signal means another process died and no
+    checkpoint can be taken together) nothing is installed and signals act as usual.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.signum: int | None = None
+        self.enabled = enabled
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self

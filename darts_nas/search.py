@@ -6,6 +6,7 @@ the end the final genotype), ``checkpoint.pt``, ``log.txt`` and, once the search
 ``summary.json`` and the final cell diagrams (``cell_normal.dot``, ``cell_reduce.dot``, and their
 ``.png``/``.svg`` when Graphviz is installed). Unless ``config.tensorboard`` is off, TensorBoard
 event files go into the same directory (see :class:`darts_nas.tracking.SearchBoard`).
+Under torchrun the processes share the search and rank 0 alone writes (:mod:`darts_nas.distributed`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from .config import SearchConfig
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
 from .device_data import search_data_on_device, use_device_data
+from .distributed import Distributed, session
 from .engine import EpochProgress, NonFiniteLossError, evaluate, search_one_epoch
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, ConfigError, RunDirError
 from .network import check_image_size
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message)
-from .runtime import (FINISHED_MARKER, capture_rng_states, environment, prepare_run_dir, resolve_device,
-                      restore_rng_states, seed_everything)
+from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
 from .supernet import SEARCH_SPACES
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, remove_event_files
 
@@ -65,42 +66,62 @@ def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) ->
     checkpoint (taken after an epoch or inside one) and ends bit-identical (on CPU, with
     ``--workers 0``) to a run never interrupted. ``resume_only`` (``--resume``) requires such a
     checkpoint and lets the learning rates change. SIGINT and SIGTERM stop the run after the
-    current step with a checkpoint (:class:`~darts_nas.errors.RunStopped`).
+    current step with a checkpoint (:class:`~darts_nas.errors.RunStopped`). Under torchrun, every
+    process calls this (see :mod:`darts_nas.distributed`).
     """
-    device = resolve_device(config.device)
+    with session(config.device) as ctx:
+        return _run(config, quiet, resume_only, ctx)
+
+
+def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed) -> dict[str, Any]:
+    device = ctx.device
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     SEARCH_SPACES.get(config.space)
     METHODS.get(config.method)
+    check_distributed_settings(config, ctx)
+    config = ctx.resume_instead_of_overwrite(config)
+
     # Data first: a missing dataset should fail before anything is written.
-    data = search_data(config.dataset, config.data, config.batch_size, config.train_portion,
-                       seed=config.seed, workers=config.workers, download=config.download,
-                       image_size=config.image_size, device_type=device.type)
+    def load():
+        return search_data(config.dataset, config.data, config.batch_size, config.train_portion,
+                           seed=config.seed, workers=config.workers, download=config.download,
+                           image_size=config.image_size, device_type=device.type)
+
+    data = ctx.local_main_first(load) if config.download else load()  # one download per node
     check_image_size(data.info.image_size, "search", config.layers)
-    if use_device_data(config.gpu_data, device, data.info):
+    data = ctx.shard_search_data(data, config.batch_size)
+    if not ctx.is_distributed and use_device_data(config.gpu_data, device, data.info):
         data = search_data_on_device(data, device)
-    out = prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
-                          allow_unfinished=True)
+    out = ctx.on_main(lambda: prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
+                                              allow_unfinished=True))
     config = config.replace(out=str(out))
-    log = RunLog(out, quiet=quiet)
+    log = ctx.run_log(out, quiet=quiet)
     try:
-        remove_stale_temporaries(out)
-        ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
-        resume = None if config.overwrite else resume_checkpoint(
-            out, "search", config.to_dict(), ignore, log.info, map_location=device)
-        if resume is None and resume_only:
-            raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the search again with "
-                              f"--out {out} --overwrite (and its settings), or resume another run directory")
-        if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
-            clear_run_files(out, RUN_FILES)
-            remove_event_files(out)
+        def newest_checkpoint():
+            remove_stale_temporaries(out)
+            ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
+            resume = None if config.overwrite else resume_checkpoint(
+                out, "search", config.to_dict(), ignore, log.info, map_location=ctx.checkpoint_location)
+            if resume is None and resume_only:
+                raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the search again with "
+                                  f"--out {out} --overwrite (and its settings), or resume another run directory")
+            if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
+                clear_run_files(out, RUN_FILES)
+                remove_event_files(out)
+            return resume
+
+        resume = ctx.on_main(newest_checkpoint)  # rank 0 reads it, every rank gets it
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         diagrams = CellDiagrams(warn=log.info)
         board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,
                             purge_step=resume["epoch"] + 1 if resume else None)
         try:
             try:
-                with GracefulStop() as stop:
-                    return _search(config, data, device, log, board, resume, stop, speed)
+                # Under torchrun a stop request comes from torchrun itself (a rank died): the
+                # survivors cannot take a checkpoint together, so they stop at once and the job
+                # resumes from the last epoch's checkpoint.
+                with GracefulStop(enabled=not ctx.is_distributed) as stop:
+                    return _search(config, data, device, log, board, resume, stop, speed, ctx)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -114,6 +135,18 @@ def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) ->
             board.close()
     finally:
         log.close()
+
+
+def check_distributed_settings(config, ctx: Distributed) -> None:
+    """What does not work under torchrun yet gets a clear refusal rather than a hang."""
+    if not ctx.is_distributed:
+        return
+    if config.checkpoint_every or config.checkpoint_minutes:
+        raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
+                          "torchrun drop them (checkpoints are written after every epoch)")
+    if config.gpu_data:
+        raise ConfigError("--gpu-data is a single-process feature for now: under torchrun drop it "
+                          "(use --workers to feed each process)")
 
 
 def build_search(config: SearchConfig, info, speed: Speed):
@@ -147,7 +180,9 @@ def probe_step(config: SearchConfig, info, speed: Speed, batch_size: int) -> Non
 
 def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             board: SearchBoard, resume: dict[str, Any] | None = None,
-            stop: GracefulStop | None = None, speed: Speed | None = None) -> dict[str, Any]:
+            stop: GracefulStop | None = None, speed: Speed | None = None, ctx: Distributed | None = None
+            ) -> dict[str, Any]:
+    ctx = ctx if ctx is not None else Distributed(device=device)
     out = log.out
     info = data.info
     speed = speed or Speed(device)
@@ -155,6 +190,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     model, w_optimizer, architect = build_search(config, info, speed)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
+    if ctx.is_distributed:  # gradients of the global batch, one model on every rank
+        architect.average_gradients = ctx.average
+        ctx.broadcast_parameters(model)
+        ctx.seed_ranks(config.seed)
     start_epoch = start_step = 0
     if resume is not None:
         try:
@@ -163,32 +202,38 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             architect.optimizer.load_state_dict(resume["a_optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             data.arch_loader.load_state_dict(resume["arch_loader"])
-            restore_rng_states(resume["rng"])
+            ctx.restore_rng_states(resume, config.seed)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             raise CheckpointError(
                 f"checkpoint {resume['path']} does not fit this search ({first_line(exc)}): it belongs to another "
                 f"model or data set; choose another --out, or pass --overwrite to start again") from None
         start_epoch, start_step = resume["epoch"], resume["step"]
         _lower_learning_rates(resume["config"], config, w_optimizer, scheduler, architect.optimizer, log)
-        truncate_jsonl(out / "metrics.jsonl", start_epoch)
-        truncate_jsonl(out / "history.jsonl", start_epoch)
+        if ctx.is_main:
+            truncate_jsonl(out / "metrics.jsonl", start_epoch)
+            truncate_jsonl(out / "history.jsonl", start_epoch)
         where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
         log.info(f"resuming {out} {where} of {config.epochs}")
 
     n_weights = sum(p.numel() for p in model.weights())
-    atomic_write_text(out / "config.json", json.dumps({
-        "config": config.to_dict(),
-        "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
-                    "image_size": info.image_size, "weight_half": data.num_weight, "arch_half": data.num_arch},
-        "model": {"weights": n_weights, "arch_parameters": sum(a.numel() for a in model.arch_parameters())},
-        "environment": environment(device),
-    }, indent=2, sort_keys=True))
+    if ctx.is_main:
+        atomic_write_text(out / "config.json", json.dumps({
+            "config": config.to_dict(),
+            "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                        "image_size": info.image_size, "weight_half": data.num_weight, "arch_half": data.num_arch},
+            "model": {"weights": n_weights, "arch_parameters": sum(a.numel() for a in model.arch_parameters())},
+            "environment": environment(device),
+            **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
+        }, indent=2, sort_keys=True))
     order = "second order (unrolled)" if config.unrolled else "first order"
     log.info(f"DARTS search, {order}, on {info.name} ({data.num_weight} weight / {data.num_arch} "
              f"architecture images, {info.in_channels}x{info.image_size}x{info.image_size}, "
              f"{info.num_classes} classes), {device} ({speed.describe()}, "
              f"{describe_loader(data.weight_loader)} data), "
              f"{n_weights:,} weights -> {out}")
+    if ctx.is_distributed:
+        log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
+                 f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
 
     start = time.perf_counter()
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
@@ -204,7 +249,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "progress": progress.state_dict() if progress else None, "config": config.to_dict(),
             "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "arch_loader": data.arch_loader.state_dict(), "rng": capture_rng_states(),
+            "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
             "arch_eval": arch_eval,
         }
 
@@ -221,16 +266,19 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                 model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
                 grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
                 report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
-                progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed)
+                progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
+                dist=ctx.sync)
         except NonFiniteLossError as exc:
             newest = next(iter(numbered_checkpoints(out)), None)
             raise NonFiniteLossError(non_finite_message(
                 exc, newest, resume_command(out),
                 f"--learning-rate {config.learning_rate / 10:g} (or --arch-learning-rate "
                 f"{config.arch_learning_rate / 10:g})", getattr(config, "amp", False))) from None
-        arch_eval = evaluate(model, data.arch_eval_loader, device, speed)
+        ctx.average_buffers(model)  # one set of BatchNorm statistics for evaluation and checkpoint
+        arch_eval = evaluate(model, data.arch_eval_loader, device, speed, dist=ctx.sync)
         scheduler.step()
         genotype = model.genotype()
+        ctx.check_replicas(model, genotype)
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
                   "elapsed": time.perf_counter() - start}
@@ -238,26 +286,34 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
                                            "primitives": list(config.primitives),
                                            "alphas": softmaxed_alphas(model)})
-        genotype.save(out / "genotype.json")
+        if ctx.is_main:
+            genotype.save(out / "genotype.json")
         board.epoch(epoch + 1, record, {"normal": model.alphas_normal, "reduce": model.alphas_reduce},
                     config.primitives, genotype)
-        # Captured after the last draw of the epoch.
-        path = save_rotating(out, epoch + 1, state(epoch + 1), keep=config.keep_checkpoints)
+        # Captured after the last draw of the epoch; every rank's random states (a collective).
+        snapshot = state(epoch + 1)
+        path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints))
         log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s")
         log.info(f"  genotype: {genotype}")
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
 
-    genotype.save(out / "genotype.json")
-    board.diagrams.write(genotype, out)
+    digest = ctx.check_replicas(model, genotype)
+    if ctx.is_distributed:
+        log.info(f"all {ctx.world_size} processes hold the same weights, alphas and BatchNorm statistics "
+                 f"(sha256 {digest[:16]}) and genotype")
+    if ctx.is_main:
+        genotype.save(out / "genotype.json")
+        board.diagrams.write(genotype, out)
     summary = {
         "finished": True, "epochs": config.epochs, "genotype": genotype.to_dict(),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out),
     }
     board.finish(config, summary)
-    atomic_write_text(out / FINISHED_MARKER, json.dumps(summary, indent=2, sort_keys=True))
+    if ctx.is_main:
+        atomic_write_text(out / FINISHED_MARKER, json.dumps(summary, indent=2, sort_keys=True))
     log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
              f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
     return summary

@@ -5,7 +5,8 @@ The run directory receives ``config.json``, ``genotype.json`` (the trained cell)
 and best test accuracy, parameters with and without the auxiliary head, multiply-adds, wall time),
 the cell diagrams ``cell_normal.dot``/``cell_reduce.dot`` (and ``.png``/``.svg`` with Graphviz) and,
 unless ``config.tensorboard`` is off, TensorBoard event files (:class:`darts_nas.tracking.TrainBoard`).
-With ``--epochs 0`` only the network is built and its sizes are written.
+With ``--epochs 0`` only the network is built and its sizes are written. Under torchrun the
+network is trained with DistributedDataParallel and rank 0 alone writes (:mod:`darts_nas.distributed`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .checkpoint import (atomic_write_text, clear_run_files, numbered_checkpoint
                          resume_checkpoint, save_rotating, truncate_jsonl)
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
+from .distributed import Distributed, session
 from .engine import EpochProgress, NonFiniteLossError, evaluate, train_one_epoch
 from .errors import CheckpointError, RunDirError
 from .device_data import describe as describe_loader
@@ -31,8 +33,7 @@ from .genotype import Genotype, resolve
 from .network import NETWORKS, check_image_size, count_auxiliary_parameters, count_multiply_adds, count_parameters
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message)
-from .runtime import (capture_rng_states, environment, prepare_run_dir, resolve_device, restore_rng_states,
-                      seed_everything)
+from .runtime import (environment, prepare_run_dir, seed_everything)
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remove_event_files
 
 FINISHED = "metrics.json"
@@ -85,9 +86,17 @@ def run(config: TrainConfig, quiet: bool = False, resume_only: bool = False) -> 
     summary lists all results.
 
     Resuming, checkpoints inside an epoch and the graceful stop work as in
-    :func:`darts_nas.search.run`; ``resume_only`` (``--resume``) lets the learning rate change."""
-    device = resolve_device(config.device)
+    :func:`darts_nas.search.run`; ``resume_only`` (``--resume``) lets the learning rate change.
+    Under torchrun, every process calls this."""
+    with session(config.device) as ctx:
+        return _run(config, quiet, resume_only, ctx)
+
+
+def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) -> dict[str, Any]:
+    device = ctx.device
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
+    check_distributed_settings(config, ctx)
+    config = ctx.resume_instead_of_overwrite(config)
     genotype = resolve(config.cell)
     NETWORKS.get(config.network)
     compare = [(spec, resolve(spec)) for spec in config.compare]
@@ -97,36 +106,47 @@ def run(config: TrainConfig, quiet: bool = False, resume_only: bool = False) -> 
     else:
         info = get_info(config.dataset, config.data, config.image_size)
         config = config.replace(cutout=resolved_cutout(config, info))
-        data = train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
-                               workers=config.workers, download=config.download,
-                               image_size=config.image_size, cutout=config.cutout,
-                               device_type=device.type)
+        def load():
+            return train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
+                                   workers=config.workers, download=config.download,
+                                   image_size=config.image_size, cutout=config.cutout,
+                                   device_type=device.type)
+
+        data = ctx.local_main_first(load) if config.download else load()  # one download per node
         info = data.info
     check_image_size(info.image_size, config.network, config.layers)
-    if data is not None and use_device_data(config.gpu_data, device, info):
-        data = train_test_data_on_device(data, device, config.cutout)
-    out = prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES, FINISHED,
-                          allow_unfinished=True)
+    if data is not None:
+        data = ctx.shard_train_data(data, config.batch_size)
+        if not ctx.is_distributed and use_device_data(config.gpu_data, device, info):
+            data = train_test_data_on_device(data, device, config.cutout)
+    out = ctx.on_main(lambda: prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES,
+                                              FINISHED, allow_unfinished=True))
     config = config.replace(out=str(out))
-    log = RunLog(out, quiet=quiet)
+    log = ctx.run_log(out, quiet=quiet)
     try:
-        remove_stale_temporaries(out)
-        ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
-        resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
-            out, "train", config.to_dict(), ignore, log.info, map_location=device, title="training run")
-        if resume is None and resume_only:
-            raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the training again with "
-                              f"--out {out} --overwrite (and its settings), or resume another run directory")
-        if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
-            clear_run_files(out, RUN_FILES)
-            remove_event_files(out)
+        def newest_checkpoint():
+            remove_stale_temporaries(out)
+            ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
+            resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
+                out, "train", config.to_dict(), ignore, log.info, map_location=ctx.checkpoint_location,
+                title="training run")
+            if resume is None and resume_only:
+                raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the training again with "
+                                  f"--out {out} --overwrite (and its settings), or resume another run directory")
+            if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
+                clear_run_files(out, RUN_FILES)
+                remove_event_files(out)
+            return resume
+
+        resume = ctx.on_main(newest_checkpoint)  # rank 0 reads it, every rank gets it
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
                            purge_step=resume["epoch"] + 1 if resume else None)
         try:
             try:
-                with GracefulStop() as stop:
-                    summary = _train(config, genotype, data, info, device, log, board, resume, stop, speed)
+                # Under torchrun a stop request means another process died: stop at once (see search).
+                with GracefulStop(enabled=not ctx.is_distributed) as stop:
+                    summary = _train(config, genotype, data, info, device, log, board, resume, stop, speed, ctx)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -149,8 +169,9 @@ def run(config: TrainConfig, quiet: bool = False, resume_only: bool = False) -> 
             other = run(config.replace(cell=spec, compare=(), out=str(sub)), quiet=quiet)
             results.append({"cell": spec, **_headline(other)})
         summary["comparison"] = results
-        atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
-        if not quiet:
+        if ctx.is_main:
+            atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+        if not quiet and ctx.is_main:
             print(comparison_table(results), flush=True)
     return summary
 
@@ -176,6 +197,12 @@ def comparison_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_distributed_settings(config: TrainConfig, ctx: Distributed) -> None:
+    from .search import check_distributed_settings as check
+
+    check(config, ctx)
+
+
 def build_network(config: TrainConfig, genotype: Genotype, info: DatasetInfo) -> torch.nn.Module:
     return NETWORKS.get(config.network)(
         genotype=genotype, C=config.init_channels, layers=config.layers, num_classes=info.num_classes,
@@ -198,24 +225,29 @@ def probe_step(config: TrainConfig, genotype: Genotype, info: DatasetInfo, speed
 
 def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, device: torch.device,
            log: RunLog, board: TrainBoard, resume: dict[str, Any] | None = None,
-           stop: GracefulStop | None = None, speed: Speed | None = None) -> dict[str, Any]:
+           stop: GracefulStop | None = None, speed: Speed | None = None, ctx: Distributed | None = None
+           ) -> dict[str, Any]:
+    ctx = ctx if ctx is not None else Distributed(device=device)
     out = log.out
     speed = speed or Speed(device)
     seed_everything(config.seed)
     model = build_network(config, genotype, info)
     sizes = network_sizes(model, info)
     model = speed.prepare(model)
-    genotype.save(out / "genotype.json", extra={"cell": config.cell})
-    board.diagrams.write(genotype, out)
+    if ctx.is_main:
+        genotype.save(out / "genotype.json", extra={"cell": config.cell})
+        board.diagrams.write(genotype, out)
     board.start(genotype, sizes)
-    atomic_write_text(out / "config.json", json.dumps({
-        "config": config.to_dict(), "protocol": config.protocol,
-        "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
-                    "image_size": info.image_size,
-                    "train_images": data.num_train if data else None,
-                    "test_images": data.num_test if data else None},
-        "sizes": sizes, "environment": environment(device),
-    }, indent=2, sort_keys=True))
+    if ctx.is_main:
+        atomic_write_text(out / "config.json", json.dumps({
+            "config": config.to_dict(), "protocol": config.protocol,
+            "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                        "image_size": info.image_size,
+                        "train_images": data.num_train if data else None,
+                        "test_images": data.num_test if data else None},
+            "sizes": sizes, "environment": environment(device),
+            **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
+        }, indent=2, sort_keys=True))
     log.info(f"{config.network} network of {config.cell!r}: {config.layers} cells, C={config.init_channels}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
              f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
@@ -226,6 +258,14 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
     final = {"loss": float("nan"), "acc": float("nan")}
     best_acc = float("nan")
     if config.epochs > 0:
+        # Under torchrun: SyncBatchNorm on GPUs, and the DistributedDataParallel the loop trains;
+        # the auxiliary head takes no gradient when its loss has weight 0.
+        model, trained = ctx.data_parallel(model, find_unused_parameters=config.auxiliary and not
+                                           config.auxiliary_weight > 0)
+        if ctx.is_distributed:
+            ctx.seed_ranks(config.seed)  # own augmentation and drop-path draws per rank
+            log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
+                     f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
         optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         if config.lr_schedule == "cosine":
@@ -239,7 +279,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 model.load_state_dict(resume["model"])
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
-                restore_rng_states(resume["rng"])
+                ctx.restore_rng_states(resume, config.seed)
             except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
                 raise CheckpointError(
                     f"checkpoint {resume['path']} does not fit this network ({first_line(exc)}): it belongs to "
@@ -250,7 +290,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 change_learning_rate(optimizer, scheduler, config.learning_rate)
                 log.info(f"learning rate changed from {resume['config'].get('learning_rate')} to "
                          f"{config.learning_rate} on resuming (from here on the run differs from the original)")
-            truncate_jsonl(out / "metrics.jsonl", start_epoch)
+            if ctx.is_main:
+                truncate_jsonl(out / "metrics.jsonl", start_epoch)
             where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
             log.info(f"resuming {out} {where} of {config.epochs}")
 
@@ -263,7 +304,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 "kind": "train", "epoch": epochs_done, "step": progress.step if progress else 0,
                 "progress": progress.state_dict() if progress else None, "config": config.to_dict(),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "genotype": genotype.to_dict(), "rng": capture_rng_states(),
+                "scheduler": scheduler.state_dict(), "genotype": genotype.to_dict(), **ctx.rng_states(),
                 "test": final, "best_test_acc": best_acc,
             }
 
@@ -278,17 +319,19 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             resumed = resume is not None and epoch == start_epoch and start_step > 0
             try:
                 metrics = train_one_epoch(
-                    model, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
+                    trained, data.train_loader, optimizer, device=device, grad_clip=config.grad_clip, epoch=epoch,
                     auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
                     label_smoothing=config.label_smoothing, max_steps=config.steps_per_epoch,
                     report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
-                    progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed)
+                    progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
+                    dist=ctx.sync)
             except NonFiniteLossError as exc:
                 newest = next(iter(numbered_checkpoints(out)), None)
                 raise NonFiniteLossError(non_finite_message(
                     exc, newest, resume_command(out), f"--learning-rate {config.learning_rate / 10:g}",
                     getattr(config, "amp", False))) from None
-            final = evaluate(model, data.test_loader, device, speed)
+            ctx.average_buffers(model)  # one set of BatchNorm statistics for the test and checkpoint
+            final = evaluate(model, data.test_loader, device, speed, dist=ctx.sync)
             scheduler.step()
             best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
             record = {"epoch": epoch + 1, **metrics, "drop_path_prob": model.drop_path_prob,
@@ -296,7 +339,9 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                       "elapsed": time.perf_counter() - start}
             log.append_jsonl("metrics.jsonl", record)
             board.epoch(epoch + 1, record)
-            path = save_rotating(out, epoch + 1, state(epoch + 1), keep=config.keep_checkpoints)
+            ctx.check_replicas(model)
+            snapshot = state(epoch + 1)  # every rank's random states: a collective
+            path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints))
             log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  drop-path "
                      f"{model.drop_path_prob:.3f}  train loss {metrics['train_loss']:.4f} acc "
                      f"{metrics['train_acc']:.2f}%  test loss {final['loss']:.4f} acc {final['acc']:.2f}%  "
@@ -309,7 +354,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
         **sizes, "wall_time": time.perf_counter() - start, "out": str(out),
     }
     board.finish(config, summary)
-    atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+    if ctx.is_main:
+        atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
     if config.epochs > 0:
         log.info(f"training finished in {summary['wall_time']:.1f} s: final test accuracy "
                  f"{final['acc']:.2f}% (best {best_acc:.2f}%)")
