@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_search.py --amp)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the supernet")
+    p.add_argument("--recompute", action="store_true", help="recompute cell activations in the backward pass")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--profile", action="store_true",
                    help="profile one step after the timed ones and print the costliest kernels, the number "
@@ -71,6 +72,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     model = speed.prepare(Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
                                    steps=args.nodes, in_channels=args.in_channels))
+    model.recompute = args.recompute
     w_opt = torch.optim.SGD(model.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     architect = Architect(model, w_opt, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, unrolled=args.unrolled,
                           autocast=speed.autocast)
@@ -137,7 +139,7 @@ def main(argv=None) -> dict:
         "benchmark": "search_step", "cudnn_benchmark": args.cudnn_benchmark, "profile": profile,
         "order": "second" if args.unrolled else "first",
         "batch_size": args.batch_size, "init_channels": args.init_channels, "layers": args.layers,
-        "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe(),
+        "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe() + (", recompute" if args.recompute else ""),
         "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "steps": args.steps,

@@ -80,7 +80,10 @@ class Architect:
         state = {n: b.clone() for n, b in self.model.named_buffers()}
         if weights is not None:
             state.update(zip(self._names, weights))
-        with torch.autocast(x.device.type, enabled=False) if float32 else self.autocast():
+        # Recomputing activations in the backward pass would see the real weights again, not
+        # the swapped-in ones: passes with other weights keep their activations.
+        keep = self.model.recompute_disabled() if weights is not None else contextlib.nullcontext()
+        with torch.autocast(x.device.type, enabled=False) if float32 else self.autocast(), keep:
             logits = functional_call(self.model, state, (x,))
             return F.cross_entropy(logits, y), logits
 

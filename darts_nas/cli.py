@@ -93,7 +93,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "inside an epoch); an interrupted run resumes from the newest valid one when the same "
                         "command is run again")
     _add_resume_flags(g, "train_search.py")
-    _add_speed_flags(p)
+    _add_speed_flags(p, search=True)
     return p
 
 
@@ -129,7 +129,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     )
 
 
-def _add_speed_flags(p: argparse.ArgumentParser) -> None:
+def _add_speed_flags(p: argparse.ArgumentParser, search: bool = False) -> None:
     g = p.add_argument_group("speed (results stay the same up to floating-point rounding; see BENCHMARKS.md)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: forward passes in bfloat16 autocast, weights and optimizers in float32 "
@@ -140,11 +140,15 @@ def _add_speed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the whole dataset on the GPU and augment it there in batches (CIFAR-style data); "
                         "default: on when running on CUDA with such data")
+    if search:
+        g.add_argument("--recompute", action="store_true",
+                       help="keep no cell activations for the backward pass but compute them again there: "
+                            "a fraction of the memory for about one more forward pass per step (same results)")
 
 
 def _speed_settings(args: argparse.Namespace) -> dict:
     return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
-            "gpu_data": args.gpu_data}
+            "gpu_data": args.gpu_data, **({"recompute": args.recompute} if "recompute" in args else {})}
 
 
 def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:

@@ -100,6 +100,7 @@ class SearchConfig(_Settings):
     channels_last: bool = False  # NHWC memory format
     compile: bool = False  # torch.compile the network
     gpu_data: bool | None = None  # dataset and augmentation on the GPU; None: on CUDA for CIFAR-style data
+    recompute: bool = False  # recompute each cell's activations in the backward pass (less memory)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "primitives", tuple(self.primitives))

@@ -50,7 +50,7 @@ def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
 # shown, how fast they load. Everything else changes the model or the data and must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
                      "tensorboard", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes",
-                     "amp", "channels_last", "compile", "gpu_data"}
+                     "amp", "channels_last", "compile", "gpu_data", "recompute"}
 # What ``--resume`` may also change: lowering the learning rates after a non-finite loss.
 RESUME_LEARNING_RATES = {"learning_rate", "arch_learning_rate"}
 
@@ -155,6 +155,7 @@ def build_search(config: SearchConfig, info, speed: Speed):
         C=config.init_channels, num_classes=info.num_classes, layers=config.layers,
         steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives,
     ))
+    model.recompute = config.recompute
     w_optimizer = torch.optim.SGD(model.weights(), lr=config.learning_rate, momentum=config.momentum,
                                   weight_decay=config.weight_decay)
     architect = METHODS.get(config.method)(

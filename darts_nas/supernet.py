@@ -12,11 +12,13 @@ partial-channel variant) plugs in there without touching this module's core.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
 from .genotype import PRIMITIVES, Genotype, derive
@@ -112,7 +114,15 @@ class Supernet(nn.Module):
     and ``2 * layers // 3``), global average pool, linear classifier.
 
     ``forward(x) -> logits``; losses belong to the training code.
+
+    With ``recompute`` (``--recompute``) each cell's activations are not kept for the backward
+    pass but computed again there (``torch.utils.checkpoint``): a fraction of the memory for one
+    more forward pass. Gradients are bit-identical; during the recomputation BatchNorm normalises
+    with the same batch statistics and leaves its running statistics alone, so those are
+    bit-identical too.
     """
+
+    recompute: bool = False
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
@@ -172,13 +182,32 @@ class Supernet(nn.Module):
     def weights(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weights()]
 
+    @contextlib.contextmanager
+    def recompute_disabled(self) -> Iterator[None]:
+        """Forward passes inside keep their activations (needed when the weights are swapped in
+        by ``functional_call`` only for the duration of the forward pass)."""
+        previous, self._recompute_off = getattr(self, "_recompute_off", False), True
+        try:
+            yield
+        finally:
+            self._recompute_off = previous
+
+    def _recompute_contexts(self):
+        return contextlib.nullcontext(), _running_stats_frozen(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, in_channels, H, W) -> logits (B, num_classes)
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
         s0 = s1 = self.stem(x)
+        recompute = self.recompute and torch.is_grad_enabled() and not getattr(self, "_recompute_off", False)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            w = w_reduce if cell.reduction else w_normal
+            if recompute:
+                s0, s1 = s1, checkpoint(cell, s0, s1, w, use_reentrant=False,
+                                        context_fn=self._recompute_contexts)
+            else:
+                s0, s1 = s1, cell(s0, s1, w)
         out = self.global_pooling(s1).flatten(1)
         return self.classifier(out)
 
@@ -186,6 +215,24 @@ class Supernet(nn.Module):
         """Discretise the current alphas (REFERENCE section 2)."""
         return derive(self.alphas_normal.detach().cpu(), self.alphas_reduce.detach().cpu(),
                       self.primitives, multiplier=self.multiplier)
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with batch statistics as usual, but their running statistics
+    (and batch counters) come out unchanged: a momentum of 0 makes the update the identity. The
+    layers still pass their buffers, so the recomputation saves the same tensors as the forward."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(layers, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _check_primitives(primitives: tuple[str, ...]) -> None:

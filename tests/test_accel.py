@@ -276,3 +276,48 @@ def test_cuda_device_loader_matches_cpu(cifar):
     for (x, y), (xg, yg) in zip(cpu.weight_loader, gpu.weight_loader):
         assert xg.is_cuda and torch.equal(y, yg.cpu())
         torch.testing.assert_close(xg.cpu(), x, rtol=0, atol=1e-5)
+
+
+# --- recomputation (--recompute) -----------------------------------------------------------------
+
+def _twins(unrolled=False):
+    """Two identical supernets and architects, the second recomputing its activations."""
+    pairs = []
+    for recompute in (False, True):
+        model, architect = _architect(unrolled, seed=5)
+        model.recompute = recompute
+        pairs.append((model, architect))
+    return pairs
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_recompute_gives_bit_identical_steps_and_batchnorm_statistics(unrolled):
+    results = []
+    for model, architect in _twins(unrolled):
+        train, val = _batch(b=8, seed=6), _batch(b=8, seed=7)
+        grads, _, _ = (architect.unrolled_grad(train, val, 0.05) if unrolled else architect.first_order_grad(val))
+        loss = F.cross_entropy(model(train[0]), train[1])
+        loss.backward(inputs=model.weights())
+        results.append((grads, [p.grad for p in model.weights()], list(model.buffers())))
+    (ga, wa, ba), (gb, wb, bb) = results
+    assert all(torch.equal(a, b) for a, b in zip(ga, gb))
+    assert all(torch.equal(a, b) for a, b in zip(wa, wb))
+    assert all(torch.equal(a, b) for a, b in zip(ba, bb))  # running statistics updated once
+
+
+def test_recompute_keeps_a_fraction_of_the_activations():
+    def saved_bytes(model):
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        x, y = _batch(b=8, seed=8)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return total[0]
+
+    plain, recomputing = (saved_bytes(model) for model, _ in _twins())
+    assert recomputing < 0.5 * plain
