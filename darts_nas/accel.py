@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, TypeVar
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, DartsNasError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,21 @@ def _fits(try_batch: Callable[[int], None], batch_size: int, device: torch.devic
         return False
     finally:
         free_device_memory(device)
+
+
+def answer_out_of_memory(run: Callable[[], T], probe: Callable[[int], None], batch_size: int,
+                         device: torch.device) -> T:
+    """``run()``; if it runs out of memory, raise :class:`BatchTooLargeError` naming the largest
+    batch size for which ``probe(b)`` (one step on a fresh model) fits."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are answered here
+        if not is_out_of_memory(exc):
+            raise
+    # Outside the except block, so the failed step's tensors (held by the traceback) are freed
+    # before probing which batch size fits.
+    free_device_memory(device)
+    raise batch_too_large(device, batch_size, largest_fitting_batch(probe, batch_size, device))
 
 
 def batch_too_large(device: torch.device, batch_size: int, fitting: int, flag: str = "--batch-size") -> BatchTooLargeError:

@@ -18,10 +18,31 @@ from typing import Callable
 
 import torch
 
+from .checkpoint import clear_run_files, remove_stale_temporaries, resume_checkpoint
 from .engine import EpochProgress, NonFiniteLossError
-from .errors import RunStopped
+from .errors import RunDirError, RunStopped
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def resume_or_start_afresh(out: Path, kind: str, what: str, settings: dict, ignore: set[str], run_files,
+                           log: Callable[[str], None], *, fresh: bool, resume_only: bool, map_location,
+                           title: str | None = None) -> dict | None:
+    """The newest valid checkpoint of the unfinished run in ``out`` (``kind``: search or train),
+    or None after clearing what an earlier attempt left (``fresh`` starts afresh regardless).
+    ``resume_only`` (``--resume``) makes a missing checkpoint an error."""
+    from .tracking import remove_event_files  # tracking imports torch.utils.tensorboard: keep it lazy
+
+    remove_stale_temporaries(out)
+    resume = None if fresh else resume_checkpoint(out, kind, settings, ignore, log, map_location=map_location,
+                                                  title=title)
+    if resume is None and resume_only:
+        raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the {what} again with "
+                          f"--out {out} --overwrite (and its settings), or resume another run directory")
+    if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
+        clear_run_files(out, run_files)
+        remove_event_files(out)
+    return resume
 
 
 class StopNow(KeyboardInterrupt):

@@ -17,23 +17,22 @@ from typing import Any
 
 import torch
 
-from .accel import Speed, batch_too_large, free_device_memory, is_out_of_memory, largest_fitting_batch
+from .accel import Speed, answer_out_of_memory
 from .architect import METHODS
-from .checkpoint import (atomic_write_text, clear_run_files, numbered_checkpoints, remove_stale_temporaries,
-                         resume_checkpoint, save_rotating, truncate_jsonl)
+from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating, truncate_jsonl
 from .config import SearchConfig
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
 from .device_data import search_data_on_device, use_device_data
 from .distributed import Distributed, session
 from .engine import EpochProgress, NonFiniteLossError, evaluate, search_one_epoch
-from .errors import CheckpointError, ConfigError, RunDirError
+from .errors import CheckpointError, ConfigError
 from .network import check_image_size
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
-                     non_finite_message)
+                     non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
 from .supernet import SEARCH_SPACES
-from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, remove_event_files
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
              "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES)
@@ -97,40 +96,24 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     config = config.replace(out=str(out))
     log = ctx.run_log(out, quiet=quiet)
     try:
-        def newest_checkpoint():
-            remove_stale_temporaries(out)
-            ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
-            resume = None if config.overwrite else resume_checkpoint(
-                out, "search", config.to_dict(), ignore, log.info, map_location=ctx.checkpoint_location)
-            if resume is None and resume_only:
-                raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the search again with "
-                                  f"--out {out} --overwrite (and its settings), or resume another run directory")
-            if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
-                clear_run_files(out, RUN_FILES)
-                remove_event_files(out)
-            return resume
-
-        resume = ctx.on_main(newest_checkpoint)  # rank 0 reads it, every rank gets it
+        ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
+        resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
+            out, "search", "search", config.to_dict(), ignore, RUN_FILES, log.info, fresh=config.overwrite,
+            resume_only=resume_only, map_location=ctx.checkpoint_location))
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         diagrams = CellDiagrams(warn=log.info)
         board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,
                             purge_step=resume["epoch"] + 1 if resume else None)
+        def search():
+            # Under torchrun a stop request comes from torchrun itself (a rank died): the
+            # survivors cannot take a checkpoint together, so they stop at once and the job
+            # resumes from the last epoch's checkpoint.
+            with GracefulStop(enabled=not ctx.is_distributed) as stop:
+                return _search(config, data, device, log, board, resume, stop, speed, ctx)
+
         try:
-            try:
-                # Under torchrun a stop request comes from torchrun itself (a rank died): the
-                # survivors cannot take a checkpoint together, so they stop at once and the job
-                # resumes from the last epoch's checkpoint.
-                with GracefulStop(enabled=not ctx.is_distributed) as stop:
-                    return _search(config, data, device, log, board, resume, stop, speed, ctx)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-            # Out of memory: outside the except block, so the failed step's tensors (held by the
-            # traceback) are freed before probing which batch size fits.
-            free_device_memory(device)
-            fitting = largest_fitting_batch(
-                lambda b: probe_step(config, data.info, speed, b), config.batch_size, device)
-            raise batch_too_large(device, config.batch_size, fitting)
+            return answer_out_of_memory(search, lambda b: probe_step(config, data.info, speed, b),
+                                        config.batch_size, device)
         finally:
             board.close()
     finally:

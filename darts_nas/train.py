@@ -19,22 +19,21 @@ from typing import Any
 
 import torch
 
-from .accel import Speed, batch_too_large, free_device_memory, is_out_of_memory, largest_fitting_batch
-from .checkpoint import (atomic_write_text, clear_run_files, numbered_checkpoints, remove_stale_temporaries,
-                         resume_checkpoint, save_rotating, truncate_jsonl)
+from .accel import Speed, answer_out_of_memory
+from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating, truncate_jsonl
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
 from .distributed import Distributed, session
 from .engine import EpochProgress, NonFiniteLossError, evaluate, train_one_epoch
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
 from .genotype import Genotype, resolve
 from .network import NETWORKS, check_image_size, count_auxiliary_parameters, count_multiply_adds, count_parameters
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
-                     non_finite_message)
-from .runtime import (environment, prepare_run_dir, seed_everything)
-from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, remove_event_files
+                     non_finite_message, resume_or_start_afresh)
+from .runtime import environment, prepare_run_dir, seed_everything
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard
 
 FINISHED = "metrics.json"
 # Settings that may change when an interrupted run is resumed; all others must match.
@@ -124,40 +123,22 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
     config = config.replace(out=str(out))
     log = ctx.run_log(out, quiet=quiet)
     try:
-        def newest_checkpoint():
-            remove_stale_temporaries(out)
-            ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
-            resume = None if config.overwrite or config.epochs == 0 else resume_checkpoint(
-                out, "train", config.to_dict(), ignore, log.info, map_location=ctx.checkpoint_location,
-                title="training run")
-            if resume is None and resume_only:
-                raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the training again with "
-                                  f"--out {out} --overwrite (and its settings), or resume another run directory")
-            if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
-                clear_run_files(out, RUN_FILES)
-                remove_event_files(out)
-            return resume
-
-        resume = ctx.on_main(newest_checkpoint)  # rank 0 reads it, every rank gets it
+        ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
+        resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
+            out, "train", "training", config.to_dict(), ignore, RUN_FILES, log.info,
+            fresh=config.overwrite or config.epochs == 0, resume_only=resume_only,
+            map_location=ctx.checkpoint_location, title="training run"))
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
                            purge_step=resume["epoch"] + 1 if resume else None)
+        def train():
+            # Under torchrun a stop request means another process died: stop at once (see search).
+            with GracefulStop(enabled=not ctx.is_distributed) as stop:
+                return _train(config, genotype, data, info, device, log, board, resume, stop, speed, ctx)
+
         try:
-            try:
-                # Under torchrun a stop request means another process died: stop at once (see search).
-                with GracefulStop(enabled=not ctx.is_distributed) as stop:
-                    summary = _train(config, genotype, data, info, device, log, board, resume, stop, speed, ctx)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                summary = None
-            if summary is None:
-                # Out of memory: outside the except block, so the failed step's tensors (held by
-                # the traceback) are freed before probing which batch size fits.
-                free_device_memory(device)
-                fitting = largest_fitting_batch(
-                    lambda b: probe_step(config, genotype, info, speed, b), config.batch_size, device)
-                raise batch_too_large(device, config.batch_size, fitting)
+            summary = answer_out_of_memory(train, lambda b: probe_step(config, genotype, info, speed, b),
+                                           config.batch_size, device)
         finally:
             board.close()
     finally:
