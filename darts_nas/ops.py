@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import depthwise_conv2d, lean_conv_bn, lean_pool_bn
 from .registry import Registry
 
 OPS: Registry = Registry("op")
@@ -49,6 +50,21 @@ class _ReLUFirst(nn.Sequential):
         return x
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` (groups = channels, no bias) that runs :func:`depthwise_conv2d`."""
+
+    def __init__(self, C: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> None:
+        super().__init__(C, C, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0], self.dilation[0])
+
+
+def _plain_bn(module: nn.Module) -> bool:
+    """A BatchNorm the lean blocks of darts_nas.kernels reproduce: 2-d, without affine parameters."""
+    return type(module) is nn.BatchNorm2d and not module.affine
+
+
 class ReLUConvBN(_ReLUFirst):
     """ReLU, k x k conv (no bias), BN: the cell-input preprocessing and a building block."""
 
@@ -59,6 +75,15 @@ class ReLUConvBN(_ReLUFirst):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
+    def forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)``; with a 1x1 conv and non-affine BN, through the lean block of
+        :mod:`darts_nas.kernels` (for passes where :func:`~darts_nas.kernels.lean_applies`)."""
+        conv = self[1]
+        if (_plain_bn(self[2]) and type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                and conv.padding == (0, 0) and conv.groups == 1):
+            return lean_conv_bn(x, None, None, conv, self[2])
+        return self(x)
+
 
 class DilConv(_ReLUFirst):
     """ReLU, depthwise k x k conv (dilation d), pointwise 1x1 conv, BN."""
@@ -67,11 +92,17 @@ class DilConv(_ReLUFirst):
                  dilation: int, affine: bool = True) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                      groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride, padding, dilation),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
+
+    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(x)`` through the lean block of :mod:`darts_nas.kernels` (non-affine BN only);
+        ``relu_x`` is ``relu(x)`` when already computed (no autograd history needed)."""
+        if not (_plain_bn(self[3]) and isinstance(self[1], DepthwiseConv2d) and type(self[2]) is nn.Conv2d):
+            return self(x)
+        return lean_conv_bn(x, relu_x, self[1], self[2], self[3])
 
 
 class SepConv(nn.Sequential):
@@ -86,6 +117,33 @@ class SepConv(nn.Sequential):
 
     def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         return self[1](self[0].after_relu(x))
+
+    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None) -> torch.Tensor:
+        return self[1].forward_lean(self[0].forward_lean(x, relu_x))
+
+
+def _is_supernet_pool(pool: nn.Module) -> bool:
+    """The 3x3, padding-1 pools of OPS (the average one without the padding)."""
+    if type(pool) is nn.MaxPool2d:
+        return (pool.kernel_size in (3, (3, 3)) and pool.padding in (1, (1, 1)) and pool.dilation in (1, (1, 1))
+                and not pool.ceil_mode and not pool.return_indices)
+    if type(pool) is nn.AvgPool2d:
+        return (pool.kernel_size in (3, (3, 3)) and pool.padding in (1, (1, 1)) and not pool.ceil_mode
+                and not pool.count_include_pad and pool.divisor_override is None)
+    return False
+
+
+class PoolBN(nn.Sequential):
+    """A 3x3 pool followed by BN: the supernet's pooling ops (see :func:`is_pooling`)."""
+
+    def __init__(self, pool: nn.Module, C: int) -> None:
+        super().__init__(pool, nn.BatchNorm2d(C, affine=False))
+
+    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None) -> torch.Tensor:
+        pool = self[0]
+        if not (_plain_bn(self[1]) and _is_supernet_pool(pool)):
+            return self(x)
+        return lean_pool_bn(x, self[0], self[1])
 
 
 class FactorizedReduce(nn.Module):

@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
 from .genotype import PRIMITIVES, Genotype, derive
-from .ops import OPS, FactorizedReduce, ReLUConvBN, is_pooling
+from .kernels import lean_applies
+from .ops import OPS, FactorizedReduce, PoolBN, ReLUConvBN, is_pooling
 from .registry import Registry
 
 SEARCH_SPACES: Registry = Registry("search space")
@@ -40,7 +41,9 @@ class MixedOp(nn.Module):
     part in the softmax (as in the paper), it just multiplies nothing. The ops that start with a
     ReLU (convolutions, and the factorized reduce of ``skip_connect`` at stride 2) share one
     ``relu(x)`` through their ``after_relu``: the same result, with one ReLU and one saved
-    activation per edge instead of one per op.
+    activation per edge instead of one per op. In training passes on the CPU the convolution and
+    pooling ops run as lean blocks (:mod:`darts_nas.kernels`) that keep only their input and
+    output for the backward pass.
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
@@ -52,17 +55,25 @@ class MixedOp(nn.Module):
                 continue
             op = OPS[name](C, stride, False)
             if is_pooling(name):
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                op = PoolBN(op, C)
             self.ops.append(op)
             self.op_index.append(k)
         self.shares_relu = [hasattr(op, "after_relu") for op in self.ops]
+        self.has_lean = [hasattr(op, "forward_lean") for op in self.ops]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W); weights: (num_ops,) softmaxed alphas of this edge
         out = None
         relu_x = None
-        for k, op, shares in zip(self.op_index, self.ops, self.shares_relu):
-            if shares:
+        lean = lean_applies(x, self.training)
+        lean_relu_x = None  # relu(x) for the lean blocks, without autograd history
+        for k, op, shares, has_lean in zip(self.op_index, self.ops, self.shares_relu, self.has_lean):
+            if lean and has_lean:
+                if lean_relu_x is None and shares:
+                    with torch.no_grad():
+                        lean_relu_x = F.relu(x)
+                y = op.forward_lean(x, lean_relu_x)
+            elif shares:
                 if relu_x is None:
                     relu_x = F.relu(x)
                 y = op.after_relu(relu_x)
@@ -97,7 +108,7 @@ class SearchCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # weights: (num_edges, num_ops); edges are ordered node by node, inputs in order
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = [self._preprocess(self.preprocess0, s0), self._preprocess(self.preprocess1, s1)]
         offset = 0
         for _ in range(self.steps):
             node = None
@@ -107,6 +118,12 @@ class SearchCell(nn.Module):
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)  # (B, multiplier * C, H', W')
+
+
+    def _preprocess(self, op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(op, ReLUConvBN) and lean_applies(x, self.training):
+            return op.forward_lean(x)
+        return op(x)
 
 
 class Supernet(nn.Module):

@@ -51,3 +51,4 @@ def test_affine_flag_controls_batchnorm_parameters():
 def test_avg_pool_excludes_padding():
     x = torch.ones(1, 1, 4, 4)
     assert torch.equal(OPS["avg_pool_3x3"](1, 1, False)(x), x)
+

@@ -1,0 +1,244 @@
+"""The hand-written CPU backward passes (darts_nas.kernels) against PyTorch's own autograd:
+same values and running statistics, same first and second derivatives, less saved memory, and
+no weight-gradient work in an architecture step."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from darts_nas import kernels
+from darts_nas.genotype import PRIMITIVES
+from darts_nas.ops import OPS, PoolBN, ReLUConvBN, depthwise_conv2d
+from darts_nas.supernet import MixedOp, Supernet
+
+
+@pytest.fixture
+def kernels_off():
+    """A context that runs PyTorch's own autograd instead of darts_nas.kernels."""
+    class Off:
+        def __enter__(self):
+            self.previous = kernels.set_enabled(False)
+
+        def __exit__(self, *exc):
+            kernels.set_enabled(self.previous)
+
+    return Off
+
+
+def _close(actual, expected, tol):
+    for a, e in zip(actual, expected):
+        assert (a is None) == (e is None)
+        if a is not None:
+            torch.testing.assert_close(a, e, rtol=0, atol=tol)
+
+
+# -- dilated depthwise convolution ------------------------------------------------------------
+
+def _depthwise_cases():
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        for size in (8, 9):  # odd sizes take the undecomposed weight gradient
+            for k in (3, 5):
+                for stride in (1, 2):
+                    yield memory_format, size, k, stride
+
+
+@pytest.mark.parametrize("memory_format,size,k,stride", list(_depthwise_cases()))
+def test_dilated_depthwise_matches_pytorch_to_the_second_derivative(memory_format, size, k, stride):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, size, size, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x.requires_grad_(True)
+    w = torch.randn(4, 1, k, k, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w, None, stride, k - 1, 2, 4)
+    out = depthwise_conv2d(x, w, stride, k - 1, 2)
+    assert out.grad_fn is not None and "DilatedDepthwise" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, [x, w], g, create_graph=True)
+    grads = torch.autograd.grad(out, [x, w], g, create_graph=True)
+    _close(grads, grads_ref, 1e-10)
+    v = [torch.randn_like(t) for t in grads]  # double backward
+    second_ref = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads_ref, v)), [x, w])
+    second = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads, v)), [x, w])
+    _close(second, second_ref, 1e-10)
+
+
+def test_dilated_depthwise_under_gradcheck():
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    for stride in (1, 2):
+        assert torch.autograd.gradcheck(lambda x, w: depthwise_conv2d(x, w, stride, 2, 2), (x, w))
+        assert torch.autograd.gradgradcheck(lambda x, w: depthwise_conv2d(x, w, stride, 2, 2), (x, w))
+
+
+def test_dil_conv_modules_keep_their_parameter_names_and_count():
+    op = OPS["dil_conv_5x5"](8, 1, False)
+    assert [n for n, _ in op.named_parameters()] == ["1.weight", "2.weight"]
+    assert isinstance(op[1], nn.Conv2d) and op[1].groups == 8 and op[1].dilation == (2, 2)
+    assert sum(p.numel() for p in op.parameters()) == 8 * 25 + 8 * 8
+
+
+# -- lean blocks -------------------------------------------------------------------------------
+
+def _lean_cases():
+    for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3",
+                 "avg_pool_3x3", "preprocess"):
+        for stride in (1, 2):
+            if name == "preprocess" and stride == 2:
+                continue
+            for size, memory_format in ((8, torch.contiguous_format), (8, torch.channels_last),
+                                        (7, torch.contiguous_format)):
+                yield name, stride, size, memory_format
+
+
+def _block(name, stride, C):
+    if name == "preprocess":
+        return ReLUConvBN(C, C, 1, 1, 0, affine=False)
+    op = OPS[name](C, stride, False)
+    return PoolBN(op, C) if "pool" in name else op
+
+
+def _run(block, x, lean):
+    if not lean:
+        return block(x)
+    if isinstance(block, ReLUConvBN):
+        return block.forward_lean(x)
+    # the MixedOp's shared relu(x), without autograd history
+    return block.forward_lean(x, F.relu(x).detach() if hasattr(block, "after_relu") else None)
+
+
+@pytest.mark.parametrize("name,stride,size,memory_format", list(_lean_cases()))
+def test_lean_block_matches_pytorch_autograd(name, stride, size, memory_format):
+    torch.manual_seed(0)
+    C = 4
+    reference = _block(name, stride, C).double()
+    lean = _block(name, stride, C).double()
+    lean.load_state_dict(reference.state_dict())
+    x = torch.randn(5, C, size, size, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x.requires_grad_(True)
+    ref_out, out = _run(reference, x, False), _run(lean, x, True)
+    assert type(out.grad_fn).__name__.startswith("_Lean") or "Lean" in type(out.grad_fn).__name__
+    assert torch.equal(out, ref_out)  # the same forward kernels
+    for key, value in reference.state_dict().items():  # running statistics and batch counters
+        assert torch.equal(lean.state_dict()[key], value), key
+    g = torch.randn_like(out)
+    params = list(reference.parameters())
+    grads_ref = torch.autograd.grad(ref_out, [x, *params], g, create_graph=True)
+    grads = torch.autograd.grad(out, [x, *lean.parameters()], g, create_graph=True)
+    _close(grads, grads_ref, 1e-10)
+    v = [torch.randn_like(t) for t in grads]  # double backward, as the exact-HVP test uses
+    second_ref = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads_ref, v)), [x, *params],
+                                     allow_unused=True)
+    second = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads, v)), [x, *lean.parameters()],
+                                 allow_unused=True)
+    _close(second, second_ref, 1e-9)
+
+
+def test_lean_batchnorm_follows_momentum_none_and_zero():
+    torch.manual_seed(0)
+    for momentum in (None, 0.0):
+        reference = OPS["sep_conv_3x3"](4, 1, False)
+        lean = OPS["sep_conv_3x3"](4, 1, False)
+        lean.load_state_dict(reference.state_dict())
+        for m in (*reference.modules(), *lean.modules()):
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = momentum
+        for _ in range(3):
+            x = torch.randn(6, 4, 8, 8, requires_grad=True)
+            reference(x)
+            lean.forward_lean(x)
+        for key, value in reference.state_dict().items():
+            assert torch.equal(lean.state_dict()[key], value), (momentum, key)
+
+
+def _supernet(dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    model = Supernet(C=4, num_classes=3, layers=3, steps=2, in_channels=2, **kw).to(dtype)
+    with torch.no_grad():
+        for a in model.arch_parameters():
+            a.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_supernet_gradients_are_the_same_with_and_without_kernels(kernels_off, memory_format):
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 3, (6,))
+    results = []
+    for on in (True, False):
+        model = _supernet().to(memory_format=memory_format)
+        with (torch.enable_grad() if on else kernels_off()):
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+        results.append((loss.detach(), grads, model.state_dict()))
+    (loss_on, grads_on, state_on), (loss_off, grads_off, state_off) = results
+    assert torch.equal(loss_on, loss_off)
+    _close(grads_on, grads_off, 1e-12)
+    for key in state_off:
+        assert torch.equal(state_on[key], state_off[key]), key
+
+
+def test_lean_supernet_keeps_less_than_half_the_activations(kernels_off):
+    """Bytes saved for the backward pass, counted through saved-tensor hooks."""
+    def saved_bytes():
+        model = _supernet(torch.float32)
+        x = torch.randn(8, 2, 16, 16)
+        seen, total = set(), [0]
+
+        def pack(t):
+            key = (t.untyped_storage().data_ptr(), t.dtype)
+            if key not in seen:
+                seen.add(key)
+                total[0] += t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(x), torch.zeros(8, dtype=torch.long))
+        del loss
+        return total[0]
+
+    lean = saved_bytes()
+    with kernels_off():
+        plain = saved_bytes()
+    assert lean < 0.5 * plain, (lean, plain)
+
+
+def test_architecture_gradient_computes_no_weight_gradient(monkeypatch):
+    calls = []
+    real = kernels._conv_weight_grad
+    monkeypatch.setattr(kernels, "_conv_weight_grad", lambda *a: calls.append(1) or real(*a))
+    model = _supernet(torch.float32)
+    x, y = torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4,))
+    torch.autograd.grad(F.cross_entropy(model(x), y), model.arch_parameters())
+    assert calls == []
+    torch.autograd.grad(F.cross_entropy(model(x), y), model.weights())
+    assert len(calls) > 0
+
+
+def test_recompute_and_eval_mode_agree_with_plain_autograd(kernels_off):
+    x, y = torch.randn(6, 2, 8, 8, dtype=torch.float64), torch.randint(0, 3, (6,))
+    model = _supernet()
+    model.recompute = True
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    with kernels_off():
+        plain = _supernet()
+        grads_plain = torch.autograd.grad(F.cross_entropy(plain(x), y), list(plain.parameters()))
+    _close(grads, grads_plain, 1e-12)
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+
+def test_mixed_op_uses_lean_blocks_only_where_they_apply():
+    op = MixedOp(4, 1, PRIMITIVES)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    assert kernels.lean_applies(x, op.training)
+    assert not kernels.lean_applies(x.bfloat16(), op.training)
+    assert not kernels.lean_applies(x, False)
+    with torch.no_grad():
+        assert not kernels.lean_applies(x, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.lean_applies(x, True)
+        out = op(x, torch.full((len(PRIMITIVES),), 1.0 / len(PRIMITIVES)))  # plain modules under autocast
+    assert out.shape == x.shape
