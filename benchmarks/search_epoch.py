@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap (the projection scales it up)")
     p.add_argument("--amp", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--workers", type=int, default=0)

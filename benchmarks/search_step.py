@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from darts_nas import kernels as cpu_kernels  # noqa: E402
 from darts_nas.accel import Speed  # noqa: E402
 from darts_nas.architect import Architect  # noqa: E402
 from darts_nas.runtime import resolve_device  # noqa: E402
@@ -47,9 +48,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_search.py --amp)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: on for the CPU, off for CUDA, as the scripts)")
     p.add_argument("--compile", action="store_true", help="torch.compile the supernet")
     p.add_argument("--recompute", action="store_true", help="recompute cell activations in the backward pass")
+    p.add_argument("--no-kernels", action="store_true",
+                   help="turn off the hand-written CPU backward passes of darts_nas.kernels (PyTorch's own autograd)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--profile", action="store_true",
                    help="profile one step after the timed ones and print the costliest kernels, the number "
@@ -67,6 +71,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    cpu_kernels.set_enabled(not args.no_kernels)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     speed = Speed(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     torch.manual_seed(args.seed)
@@ -139,7 +144,7 @@ def main(argv=None) -> dict:
         "benchmark": "search_step", "cudnn_benchmark": args.cudnn_benchmark, "profile": profile,
         "order": "second" if args.unrolled else "first",
         "batch_size": args.batch_size, "init_channels": args.init_channels, "layers": args.layers,
-        "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe() + (", recompute" if args.recompute else ""),
+        "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe() + (", recompute" if args.recompute else "") + (", no kernels" if args.no_kernels else ""),
         "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "steps": args.steps,

@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_final.py --amp)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: on for the CPU, off for CUDA, as the scripts)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     return p.parse_args(argv)
 

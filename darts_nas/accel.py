@@ -6,8 +6,9 @@ format, compilation, and a clear answer when a batch does not fit in GPU memory.
   stay float32). bf16 has float32's range, so no loss scaling is needed. The finite-difference
   Hessian-vector product of the second-order search always runs in float32: the difference of two
   nearly equal gradients divided by a tiny epsilon would be bf16 rounding noise otherwise.
-* ``--channels-last``: weights and input batches in NHWC order, which cuDNN (and oneDNN on CPU)
-  run faster for the depthwise and dilated convolutions that fill a DARTS cell.
+* ``--channels-last``: weights and input batches in NHWC order. oneDNN runs the depthwise
+  convolutions that fill a DARTS cell several times faster this way, so it is the default on the
+  CPU; on CUDA it measured slower (BENCHMARKS.md), so there it is off unless asked for.
 * ``--compile``: ``nn.Module.compile`` (torch.compile in place, so parameter names, state dicts
   and ``torch.func.functional_call`` keep working).
 """
@@ -29,14 +30,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Speed:
-    """How a run executes: ``amp``, ``channels_last`` and ``compile`` flags on ``device``."""
+    """How a run executes: ``amp``, ``channels_last`` and ``compile`` flags on ``device``.
+    ``channels_last=None`` chooses for the device: on for the CPU, off for CUDA."""
 
     device: torch.device
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
     compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.channels_last is None:
+            object.__setattr__(self, "channels_last", self.device.type == "cpu")
         if self.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError(
                 f"--amp uses bfloat16, which {torch.cuda.get_device_name(self.device)} does not support: "

@@ -134,8 +134,9 @@ def _add_speed_flags(p: argparse.ArgumentParser, search: bool = False) -> None:
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: forward passes in bfloat16 autocast, weights and optimizers in float32 "
                         "(the second-order Hessian-vector product always runs in float32)")
-    g.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory format for weights and images (faster depthwise/dilated convolutions)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for weights and images; default: on for the CPU, where oneDNN runs "
+                        "the cells' depthwise convolutions several times faster in it, off for CUDA")
     g.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
     g.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the whole dataset on the GPU and augment it there in batches (CIFAR-style data); "

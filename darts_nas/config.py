@@ -97,7 +97,7 @@ class SearchConfig(_Settings):
     checkpoint_minutes: float | None = None  # ... and every M minutes
     # speed (darts_nas.accel, darts_nas.device_data)
     amp: bool = False  # bf16 autocast of the forward passes
-    channels_last: bool = False  # NHWC memory format
+    channels_last: bool | None = None  # NHWC memory format; None: on for the CPU, off for CUDA
     compile: bool = False  # torch.compile the network
     gpu_data: bool | None = None  # dataset and augmentation on the GPU; None: on CUDA for CIFAR-style data
     recompute: bool = False  # recompute each cell's activations in the backward pass (less memory)
@@ -205,7 +205,7 @@ class TrainConfig(_Settings):
     checkpoint_minutes: float | None = None  # ... and every M minutes
     # speed (darts_nas.accel, darts_nas.device_data)
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for the CPU, off for CUDA
     compile: bool = False
     gpu_data: bool | None = None
 
