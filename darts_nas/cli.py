@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -152,6 +153,14 @@ def _speed_settings(args: argparse.Namespace) -> dict:
             "gpu_data": args.gpu_data, **({"recompute": args.recompute} if "recompute" in args else {})}
 
 
+def _repeated_on_this_rank(exc: DartsNasError) -> bool:
+    """Under torchrun every process checks the same settings and raises the same ConfigError:
+    only rank 0 prints it. Every other error may be a rank's own (its node's data, its GPU), so
+    every rank prints those."""
+    rank = os.environ.get("RANK")
+    return isinstance(exc, ConfigError) and rank is not None and rank != "0"
+
+
 def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
     """Call ``run(make_config())``; our own errors (invalid settings included) become one line on
     stderr and exit status 2; a graceful stop says how to resume and exits with 128 + the signal."""
@@ -161,7 +170,8 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
         print(str(exc), file=sys.stderr, flush=True)
         return exc.exit_code
     except DartsNasError as exc:
-        print_error(str(exc))
+        if not _repeated_on_this_rank(exc):
+            print_error(str(exc))
         return 2
     except KeyboardInterrupt as exc:  # before the run's own handlers, or a second signal while stopping
         reason = str(exc) or "interrupted"

@@ -442,3 +442,24 @@ def test_a_disabled_graceful_stop_leaves_the_signal_handlers_alone():
     with GracefulStop() as stop:
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("rank,error,printed", [
+    (None, "config", True), ("0", "config", True), ("1", "config", False),
+    ("1", "data", True),  # may be this rank's own problem (its node's data): every rank says it
+])
+def test_a_settings_error_is_printed_once_under_torchrun(monkeypatch, capsys, rank, error, printed):
+    from darts_nas import cli
+    from darts_nas.errors import ConfigError, DataError
+
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    exc = ConfigError("--epochs must be 0 or more, got -1") if error == "config" else DataError("no data here")
+
+    def make_config():
+        raise exc
+
+    assert cli._run(lambda config, quiet: None, make_config, quiet=True) == 2
+    assert (str(exc) in capsys.readouterr().err) == printed
