@@ -17,7 +17,8 @@ with fewer saved activations.
 
 Every backward here is built from differentiable operations, so double backward (``create_graph``)
 still works, and every path is tested against PyTorch's own autograd to the second derivative.
-These paths run on the CPU in float32/float64 without autocast; elsewhere the plain modules run.
+These paths run on the CPU in float32/float64 without autocast, and not inside ``torch.compile``
+(``--compile`` sees the plain modules); elsewhere the plain modules run.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def set_enabled(enabled: bool) -> bool:
 def cpu_fast_path(x: torch.Tensor) -> bool:
     """Whether the hand-written CPU paths apply to a pass over ``x``."""
     return (_enabled and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def lean_applies(x: torch.Tensor, training: bool) -> bool:

@@ -242,3 +242,10 @@ def test_mixed_op_uses_lean_blocks_only_where_they_apply():
         assert not kernels.lean_applies(x, True)
         out = op(x, torch.full((len(PRIMITIVES),), 1.0 / len(PRIMITIVES)))  # plain modules under autocast
     assert out.shape == x.shape
+
+
+def test_compiled_passes_see_the_plain_modules(monkeypatch):
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    assert kernels.cpu_fast_path(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernels.cpu_fast_path(x)
