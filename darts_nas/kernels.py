@@ -49,11 +49,17 @@ def lean_applies(x: torch.Tensor, training: bool) -> bool:
     return training and torch.is_grad_enabled() and cpu_fast_path(x)
 
 
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _to_phases(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) with even H, W -> (4B, C, H/2, W/2): the four pixel phases (row parity, column
     parity) of every image stacked along the batch, in ``x``'s memory format."""
     B, C, H, W = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if _format_of(x) is torch.channels_last:
         nhwc = x.permute(0, 2, 3, 1).reshape(B, H // 2, 2, W // 2, 2, C)
         return nhwc.permute(2, 4, 0, 1, 3, 5).reshape(4 * B, H // 2, W // 2, C).permute(0, 3, 1, 2)
     return x.reshape(B, C, H // 2, 2, W // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * B, C, H // 2, W // 2)
@@ -87,12 +93,21 @@ def _conv_weight_grad(grad, x, weight, stride, padding, dilation, groups):
         groups, [False, True, False])[1]
 
 
+def _input_grad_without_input(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int,
+                              dilation: int) -> bool:
+    """Whether :func:`depthwise_backward` computes the input gradient from the output gradient
+    and the kernel alone (so a lean block need not recompute the convolution's input for it)."""
+    k = weight.shape[-1]
+    same = padding == dilation * (k - 1) // 2 and weight.shape[-2] == k
+    return (stride == 1 and same) or (stride == 2 and _dilated_fast(x, weight, padding, dilation))
+
+
 def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor, stride: int,
                        padding: int, dilation: int, input_shape: torch.Size, need_input: bool,
                        need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Input and weight gradients of ``F.conv2d(x, weight, None, stride, padding, dilation, C)``
-    for a depthwise ``weight`` (C, 1, k, k). ``x`` may be None when only the input gradient of a
-    stride-1 'same' convolution is asked for (it needs no input).
+    for a depthwise ``weight`` (C, 1, k, k). ``x`` may be None when only the input gradient is
+    asked for and :func:`_input_grad_without_input` holds.
 
     * stride 1, 'same' padding: the input gradient is the convolution of ``grad`` with the
       kernel flipped (PyTorch's fast forward kernel);
@@ -100,10 +115,10 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch
       pixel phases (a dilation-2 kernel only ever combines pixels of one phase);
     * dilation 2, stride 2: only the even pixels meet the kernel, an undilated convolution of those.
     """
-    C, k = input_shape[1], weight.shape[-1]
-    same = padding == dilation * (k - 1) // 2 and weight.shape[-2] == k
+    C = input_shape[1]
     grad_x = grad_w = None
-    if dilation == 2 and stride == 2 and _dilated_fast(grad, weight, padding, dilation):
+    without_input = _input_grad_without_input(grad, weight, stride, padding, dilation)
+    if stride == 2 and without_input:  # dilation 2: an undilated convolution of the even pixels
         if need_input:
             grad_even = F.conv2d(grad, weight.flip(2, 3), None, 1, padding // 2, 1, C)
             grad_x = grad.new_zeros(input_shape).contiguous(memory_format=_format_of(grad))
@@ -111,7 +126,7 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch
         if need_weight:
             grad_w = _conv_weight_grad(grad, x[:, :, ::2, ::2], weight, 1, padding // 2, 1, C)
         return grad_x, grad_w
-    if stride == 1 and same and need_input:
+    if without_input and need_input:  # stride 1, 'same' padding
         grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, padding, dilation, C)
         need_input = False
     if need_weight and dilation == 2 and stride == 1 and _dilated_fast(grad, weight, padding, dilation) \
@@ -125,12 +140,6 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch
         grad_x = gx if need_input else grad_x
         grad_w = gw if need_weight else grad_w
     return grad_x, grad_w
-
-
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class _DilatedDepthwise(torch.autograd.Function):
@@ -234,8 +243,10 @@ class _LeanConvBN(torch.autograd.Function):
         need_pw = _needed(ctx, 3)
         grad_z = _batch_norm_backward(grad_y, y, invstd)
         relu_x = h = None
-        strided = dw is not None and dw[0] != 1 and not (dw[2] == 2 and _dilated_fast(x, dw_weight, dw[1], dw[2]))
-        if need_pw or need_dw or (need_x and strided) or (need_x and dw is None):
+        # the ReLU output is needed by the weight gradients, and by a depthwise input gradient
+        # that cannot do without its input; the ReLU's own gradient takes its mask from x
+        input_free = dw is None or _input_grad_without_input(x, dw_weight, *dw)
+        if need_pw or need_dw or (need_x and not input_free):
             relu_x = F.relu(x)
         if need_pw:
             h = F.conv2d(relu_x, dw_weight, None, dw[0], dw[1], dw[2], x.shape[1]) if dw is not None else relu_x

@@ -119,7 +119,6 @@ class SearchCell(nn.Module):
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)  # (B, multiplier * C, H', W')
 
-
     def _preprocess(self, op: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(op, ReLUConvBN) and lean_applies(x, self.training):
             return op.forward_lean(x)
