@@ -37,7 +37,9 @@ def _close(actual, expected, tol):
 
 def _depthwise_cases():
     for memory_format in (torch.contiguous_format, torch.channels_last):
-        for size in (8, 9):  # odd sizes take the undecomposed weight gradient
+        # odd sizes take the undecomposed weight gradient; at 4 the pixel phases are smaller than
+        # the kernel (the per-tap weight gradient)
+        for size in (4, 8, 9):
             for k in (3, 5):
                 for stride in (1, 2):
                     yield memory_format, size, k, stride
@@ -71,6 +73,17 @@ def test_dilated_depthwise_under_gradcheck():
         assert torch.autograd.gradgradcheck(lambda x, w: depthwise_conv2d(x, w, stride, 2, 2), (x, w))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("k,H,W", [(3, 2, 2), (5, 4, 4), (5, 2, 7), (5, 6, 3), (3, 1, 1), (5, 8, 8)])
+def test_depthwise_weight_grad_where_the_kernel_is_larger_than_the_image(memory_format, k, H, W):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, H, W, dtype=torch.float64).contiguous(memory_format=memory_format)
+    g = torch.randn(3, 4, H, W, dtype=torch.float64).contiguous(memory_format=memory_format)
+    w = torch.randn(4, 1, k, k, dtype=torch.float64)
+    expected = kernels._conv_weight_grad(g, x, w, 1, k // 2, 1, 4)
+    torch.testing.assert_close(kernels._depthwise_weight_grad(g, x, w, k // 2), expected, rtol=0, atol=1e-12)
+
+
 def test_dil_conv_modules_keep_their_parameter_names_and_count():
     op = OPS["dil_conv_5x5"](8, 1, False)
     assert [n for n, _ in op.named_parameters()] == ["1.weight", "2.weight"]
@@ -87,7 +100,7 @@ def _lean_cases():
             if name == "preprocess" and stride == 2:
                 continue
             for size, memory_format in ((8, torch.contiguous_format), (8, torch.channels_last),
-                                        (7, torch.contiguous_format)):
+                                        (7, torch.contiguous_format), (4, torch.channels_last)):
                 yield name, stride, size, memory_format
 
 
