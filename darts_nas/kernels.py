@@ -209,15 +209,33 @@ def _batch_norm_forward(bn: nn.BatchNorm2d, z: torch.Tensor) -> tuple[torch.Tens
     return y, invstd
 
 
-def _batch_norm_backward(grad: torch.Tensor, y: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
-    """Input gradient of a training-mode, non-affine BatchNorm from its output ``y`` (= x_hat):
-    invstd * (g - mean(g) - y * mean(g * y)), means over batch and pixels. Not differentiable
-    (``invstd`` carries no autograd history): double backward goes through :func:`_regrad`."""
+def _batch_norm_backward(grad: torch.Tensor, y: torch.Tensor, invstd: torch.Tensor, scale: torch.Tensor | None,
+                         need_input: bool, need_scale: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``scale * y`` where ``y`` is the output (= x_hat) of a training-mode,
+    non-affine BatchNorm, ``scale`` a scalar (an op's softmaxed alpha; None for 1), from ``y``:
+
+    * input: scale * invstd * (g - mean(g) - y * mean(g * y)), means over batch and pixels;
+    * scale: sum(g * y).
+
+    One pass of PyTorch's kernel gives both. Not differentiable (``invstd`` carries no autograd
+    history): double backward goes through :func:`_regrad`."""
     C = y.shape[1]
     # PyTorch's kernel with y as the input, zero mean and unit 1/std (so x_hat = y), and the real
-    # 1/std passed as the affine weight, which multiplies the result.
-    return torch.ops.aten.native_batch_norm_backward(
-        grad, y, invstd, None, None, y.new_zeros(C), y.new_ones(C), True, 0.0, [True, False, False])[0]
+    # 1/std (times the scale) passed as the affine weight, which multiplies the input gradient;
+    # the affine weight's own gradient, sum(g * x_hat) per channel, gives the scale's.
+    weight = invstd if scale is None else invstd * scale.detach()
+    # The gradient of a cell's last nodes is a channel slice of the concatenation's, and the last
+    # cell's comes back from the classifier in NCHW: the kernel is 3-10x slower on either.
+    memory_format = _format_of(y)
+    if not grad.is_contiguous(memory_format=memory_format):
+        grad = grad.contiguous(memory_format=memory_format)
+    grad_z, grad_weight, _ = torch.ops.aten.native_batch_norm_backward(
+        grad, y, weight, None, None, y.new_zeros(C), y.new_ones(C), True, 0.0, [need_input, need_scale, False])
+    return grad_z, (grad_weight.sum() if need_scale else None)
+
+
+def _scaled(y: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return y if scale is None else y * scale
 
 
 def _regrad(ctx, forward, grad_y: torch.Tensor, inputs: dict[int, torch.Tensor]) -> list:
@@ -238,35 +256,37 @@ def _regrad(ctx, forward, grad_y: torch.Tensor, inputs: dict[int, torch.Tensor])
 
 
 class _LeanConvBN(torch.autograd.Function):
-    """relu(x) -> [depthwise conv] -> 1x1 conv -> BatchNorm (no affine), keeping x and the output."""
+    """relu(x) -> [depthwise conv] -> 1x1 conv -> BatchNorm (no affine) [-> times a scalar],
+    keeping x and the BatchNorm output."""
 
     @staticmethod
-    def forward(ctx, x, relu_x, dw_weight, pw_weight, bn, dw):
+    def forward(ctx, x, relu_x, dw_weight, pw_weight, bn, dw, scale):
         # dw: (stride, padding, dilation) of the depthwise conv, or None for relu -> 1x1 -> BN
         h = relu_x if relu_x is not None else F.relu(x)
         if dw is not None:
             h = F.conv2d(h, dw_weight, None, dw[0], dw[1], dw[2], h.shape[1])
         y, invstd = _batch_norm_forward(bn, F.conv2d(h, pw_weight))
         ctx.dw, ctx.eps = dw, bn.eps
-        ctx.tensor_args = (True, relu_x is not None, True, True)
-        ctx.save_for_backward(x, dw_weight, pw_weight, y, invstd)
-        return y
+        ctx.tensor_args = (True, relu_x is not None, True, True, False, False, scale is not None)
+        ctx.save_for_backward(x, dw_weight, pw_weight, y, invstd, scale)
+        return _scaled(y, scale)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, dw_weight, pw_weight, y, invstd = ctx.saved_tensors
+        x, dw_weight, pw_weight, y, invstd, scale = ctx.saved_tensors
         dw = ctx.dw
         if torch.is_grad_enabled():
             def forward():
                 h = F.relu(x)
                 if dw is not None:
                     h = depthwise_conv2d(h, dw_weight, *dw)
-                return F.batch_norm(F.conv2d(h, pw_weight), None, None, training=True, eps=ctx.eps)
-            return tuple(_regrad(ctx, forward, grad_y, {0: x, 2: dw_weight, 3: pw_weight}))
+                return _scaled(F.batch_norm(F.conv2d(h, pw_weight), None, None, training=True, eps=ctx.eps), scale)
+            return tuple(_regrad(ctx, forward, grad_y, {0: x, 2: dw_weight, 3: pw_weight, 6: scale}))
         need_x = _needed(ctx, 0)
         need_dw = dw is not None and _needed(ctx, 2)
         need_pw = _needed(ctx, 3)
-        grad_z = _batch_norm_backward(grad_y, y, invstd)
+        need_scale = scale is not None and _needed(ctx, 6)
+        grad_z, grad_scale = _batch_norm_backward(grad_y, y, invstd, scale, need_x or need_dw or need_pw, need_scale)
         relu_x = h = None
         # the ReLU output is needed by the weight gradients, and by a depthwise input gradient
         # that cannot do without its input; the ReLU's own gradient takes its mask from x
@@ -288,19 +308,21 @@ class _LeanConvBN(torch.autograd.Function):
                                                         need_x, need_dw)
             if need_x:
                 grad_x = torch.ops.aten.threshold_backward(grad_relu, x, 0)
-        return grad_x, None, grad_dw, grad_pw, None, None
+        return grad_x, None, grad_dw, grad_pw, None, None, grad_scale
 
 
 def lean_conv_bn(x: torch.Tensor, relu_x: torch.Tensor | None, dw_conv: nn.Conv2d | None,
-                 pw_conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """``bn(pw_conv(dw_conv(relu(x))))`` (``dw_conv`` may be None) with the lean backward.
+                 pw_conv: nn.Conv2d, bn: nn.BatchNorm2d, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn(pw_conv(dw_conv(relu(x))))`` (``dw_conv`` may be None) with the lean backward, times
+    ``scale`` (a 0-dim tensor, e.g. the op's softmaxed alpha) when given: its gradient comes out of
+    BatchNorm's backward pass for free, and the output gradient is never scaled on its own.
     ``relu_x`` is ``relu(x)`` computed once for several blocks (no autograd history needed)."""
     dw = None
     dw_weight = pw_conv.weight.new_empty(0)
     if dw_conv is not None:
         dw = (dw_conv.stride[0], dw_conv.padding[0], dw_conv.dilation[0])
         dw_weight = dw_conv.weight
-    return _LeanConvBN.apply(x, relu_x, dw_weight, pw_conv.weight, bn, dw)
+    return _LeanConvBN.apply(x, relu_x, dw_weight, pw_conv.weight, bn, dw, scale)
 
 
 def _pool(x: torch.Tensor, kind: str, stride: int) -> torch.Tensor:
@@ -310,29 +332,34 @@ def _pool(x: torch.Tensor, kind: str, stride: int) -> torch.Tensor:
 
 
 class _LeanPoolBN(torch.autograd.Function):
-    """3x3 max or average pool (padding 1, average without the padding) -> BatchNorm (no affine),
-    keeping x and the output; max-pool indices are recomputed in the backward pass."""
+    """3x3 max or average pool (padding 1, average without the padding) -> BatchNorm (no affine)
+    [-> times a scalar], keeping x and the BatchNorm output; max-pool indices are recomputed in
+    the backward pass."""
 
     @staticmethod
-    def forward(ctx, x, kind, stride, bn):
+    def forward(ctx, x, kind, stride, bn, scale):
         pooled = _pool(x, kind, stride)
         y, invstd = _batch_norm_forward(bn, pooled)
         ctx.kind, ctx.stride, ctx.eps = kind, stride, bn.eps
-        ctx.tensor_args = (True,)
-        ctx.save_for_backward(x, y, invstd)
-        return y
+        ctx.tensor_args = (True, False, False, False, scale is not None)
+        ctx.save_for_backward(x, y, invstd, scale)
+        return _scaled(y, scale)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, y, invstd = ctx.saved_tensors
+        x, y, invstd, scale = ctx.saved_tensors
         if torch.is_grad_enabled():
             def forward():
                 pooled = _pool(x, ctx.kind, ctx.stride)
-                return F.batch_norm(pooled, None, None, training=True, eps=ctx.eps)
-            return tuple(_regrad(ctx, forward, grad_y, {0: x}))
-        if not _needed(ctx, 0):
-            return None, None, None, None
-        grad_pooled = _batch_norm_backward(grad_y, y, invstd)
+                return _scaled(F.batch_norm(pooled, None, None, training=True, eps=ctx.eps), scale)
+            return tuple(_regrad(ctx, forward, grad_y, {0: x, 4: scale}))
+        need_x = _needed(ctx, 0)
+        need_scale = scale is not None and _needed(ctx, 4)
+        if not (need_x or need_scale):
+            return None, None, None, None, None
+        grad_pooled, grad_scale = _batch_norm_backward(grad_y, y, invstd, scale, need_x, need_scale)
+        if not need_x:
+            return None, None, None, None, grad_scale
         s = ctx.stride
         if ctx.kind == "max":
             with torch.no_grad():
@@ -341,11 +368,13 @@ class _LeanPoolBN(torch.autograd.Function):
                 grad_pooled, x, [3, 3], [s, s], [1, 1], [1, 1], False, indices)
         else:
             grad_x = torch.ops.aten.avg_pool2d_backward(grad_pooled, x, [3, 3], [s, s], [1, 1], False, False, None)
-        return grad_x, None, None, None
+        return grad_x, None, None, None, grad_scale
 
 
-def lean_pool_bn(x: torch.Tensor, pool: nn.Module, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """``bn(pool(x))`` for the supernet's 3x3 max/average pools, with the lean backward."""
+def lean_pool_bn(x: torch.Tensor, pool: nn.Module, bn: nn.BatchNorm2d, scale: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """``bn(pool(x))`` for the supernet's 3x3 max/average pools, with the lean backward, times
+    ``scale`` when given (as :func:`lean_conv_bn`)."""
     kind = "max" if isinstance(pool, nn.MaxPool2d) else "avg"
     stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
-    return _LeanPoolBN.apply(x, kind, stride, bn)
+    return _LeanPoolBN.apply(x, kind, stride, bn, scale)

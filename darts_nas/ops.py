@@ -97,12 +97,14 @@ class DilConv(_ReLUFirst):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None) -> torch.Tensor:
-        """``self(x)`` through the lean block of :mod:`darts_nas.kernels` (non-affine BN only);
-        ``relu_x`` is ``relu(x)`` when already computed (no autograd history needed)."""
+    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(x)`` (times ``scale`` when given) through the lean block of
+        :mod:`darts_nas.kernels` (non-affine BN only); ``relu_x`` is ``relu(x)`` when already
+        computed (no autograd history needed)."""
         if not (_plain_bn(self[3]) and isinstance(self[1], DepthwiseConv2d) and type(self[2]) is nn.Conv2d):
-            return self(x)
-        return lean_conv_bn(x, relu_x, self[1], self[2], self[3])
+            return self(x) if scale is None else scale * self(x)
+        return lean_conv_bn(x, relu_x, self[1], self[2], self[3], scale)
 
 
 class SepConv(nn.Sequential):
@@ -118,8 +120,9 @@ class SepConv(nn.Sequential):
     def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         return self[1](self[0].after_relu(x))
 
-    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None) -> torch.Tensor:
-        return self[1].forward_lean(self[0].forward_lean(x, relu_x))
+    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self[1].forward_lean(self[0].forward_lean(x, relu_x), scale=scale)
 
 
 def _is_supernet_pool(pool: nn.Module) -> bool:
@@ -139,11 +142,13 @@ class PoolBN(nn.Sequential):
     def __init__(self, pool: nn.Module, C: int) -> None:
         super().__init__(pool, nn.BatchNorm2d(C, affine=False))
 
-    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(x)`` (times ``scale`` when given) through the lean block of :mod:`darts_nas.kernels`."""
         pool = self[0]
         if not (_plain_bn(self[1]) and _is_supernet_pool(pool)):
-            return self(x)
-        return lean_pool_bn(x, self[0], self[1])
+            return self(x) if scale is None else scale * self(x)
+        return lean_pool_bn(x, self[0], self[1], scale)
 
 
 class FactorizedReduce(nn.Module):

@@ -43,7 +43,8 @@ class MixedOp(nn.Module):
     ``relu(x)`` through their ``after_relu``: the same result, with one ReLU and one saved
     activation per edge instead of one per op. In training passes on the CPU the convolution and
     pooling ops run as lean blocks (:mod:`darts_nas.kernels`) that keep only their input and
-    output for the backward pass.
+    output for the backward pass, and apply the op's weight themselves, so that its gradient
+    comes out of their BatchNorm backward pass.
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
@@ -72,14 +73,15 @@ class MixedOp(nn.Module):
                 if lean_relu_x is None and shares:
                     with torch.no_grad():
                         lean_relu_x = F.relu(x)
-                y = op.forward_lean(x, lean_relu_x)
-            elif shares:
-                if relu_x is None:
-                    relu_x = F.relu(x)
-                y = op.after_relu(relu_x)
+                y = op.forward_lean(x, lean_relu_x, weights[k])  # scaled inside the block
             else:
-                y = op(x)
-            y = weights[k] * y
+                if shares:
+                    if relu_x is None:
+                        relu_x = F.relu(x)
+                    y = op.after_relu(relu_x)
+                else:
+                    y = op(x)
+                y = weights[k] * y
             out = y if out is None else out + y
         return out
 

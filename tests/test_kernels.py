@@ -101,7 +101,9 @@ def _lean_cases():
                 continue
             for size, memory_format in ((8, torch.contiguous_format), (8, torch.channels_last),
                                         (7, torch.contiguous_format), (4, torch.channels_last)):
-                yield name, stride, size, memory_format
+                yield name, stride, size, memory_format, False
+                if name != "preprocess":  # times the op's alpha, as in the MixedOp
+                    yield name, stride, size, memory_format, True
 
 
 def _block(name, stride, C):
@@ -111,17 +113,17 @@ def _block(name, stride, C):
     return PoolBN(op, C) if "pool" in name else op
 
 
-def _run(block, x, lean):
+def _run(block, x, lean, scale=None):
     if not lean:
-        return block(x)
+        return block(x) if scale is None else scale * block(x)
     if isinstance(block, ReLUConvBN):
         return block.forward_lean(x)
-    # the MixedOp's shared relu(x), without autograd history
-    return block.forward_lean(x, F.relu(x).detach() if hasattr(block, "after_relu") else None)
+    # the MixedOp's shared relu(x), without autograd history, and the op's softmaxed alpha
+    return block.forward_lean(x, F.relu(x).detach() if hasattr(block, "after_relu") else None, scale)
 
 
-@pytest.mark.parametrize("name,stride,size,memory_format", list(_lean_cases()))
-def test_lean_block_matches_pytorch_autograd(name, stride, size, memory_format):
+@pytest.mark.parametrize("name,stride,size,memory_format,scaled", list(_lean_cases()))
+def test_lean_block_matches_pytorch_autograd(name, stride, size, memory_format, scaled):
     torch.manual_seed(0)
     C = 4
     reference = _block(name, stride, C).double()
@@ -129,22 +131,42 @@ def test_lean_block_matches_pytorch_autograd(name, stride, size, memory_format):
     lean.load_state_dict(reference.state_dict())
     x = torch.randn(5, C, size, size, dtype=torch.float64).contiguous(memory_format=memory_format)
     x.requires_grad_(True)
-    ref_out, out = _run(reference, x, False), _run(lean, x, True)
+    # a softmaxed alpha: a 0-dim view into the edge's weights, with autograd history
+    scale = torch.softmax(torch.randn(7, dtype=torch.float64, requires_grad=True), 0)[3] if scaled else None
+    ref_out, out = _run(reference, x, False, scale), _run(lean, x, True, scale)
     assert type(out.grad_fn).__name__.startswith("_Lean") or "Lean" in type(out.grad_fn).__name__
     assert torch.equal(out, ref_out)  # the same forward kernels
     for key, value in reference.state_dict().items():  # running statistics and batch counters
         assert torch.equal(lean.state_dict()[key], value), key
     g = torch.randn_like(out)
-    params = list(reference.parameters())
+    params = list(reference.parameters()) + ([scale] if scaled else [])
+    lean_params = list(lean.parameters()) + ([scale] if scaled else [])
     grads_ref = torch.autograd.grad(ref_out, [x, *params], g, create_graph=True)
-    grads = torch.autograd.grad(out, [x, *lean.parameters()], g, create_graph=True)
+    # the hand-written backward (create_graph re-runs the block under autograd instead)
+    _close(torch.autograd.grad(out, [x, *lean_params], g, retain_graph=True), grads_ref, 1e-10)
+    grads = torch.autograd.grad(out, [x, *lean_params], g, create_graph=True)
     _close(grads, grads_ref, 1e-10)
     v = [torch.randn_like(t) for t in grads]  # double backward, as the exact-HVP test uses
     second_ref = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads_ref, v)), [x, *params],
                                      allow_unused=True)
-    second = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads, v)), [x, *lean.parameters()],
+    second = torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads, v)), [x, *lean_params],
                                  allow_unused=True)
     _close(second, second_ref, 1e-9)
+
+
+@pytest.mark.parametrize("name", ["sep_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3"])
+def test_lean_block_gives_the_scale_gradient_alone(name):
+    """An architecture step whose cell input needs no gradient (the first cell's, fed by the
+    stem) asks a block for the alpha's gradient only."""
+    torch.manual_seed(0)
+    block = _block(name, 1, 4).double()
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    alpha = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    out = _run(block, x, True, torch.softmax(alpha, 0)[2])
+    g = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, [alpha], g)
+    (expected,) = torch.autograd.grad(torch.softmax(alpha, 0)[2] * _run(block, x, False).detach(), [alpha], g)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
 
 
 def test_lean_batchnorm_follows_momentum_none_and_zero():
