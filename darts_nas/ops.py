@@ -157,7 +157,9 @@ class FactorizedReduce(nn.Module):
 
     The shifted path pads one zero row and column at the far edge, so both paths give
     ``ceil(H / 2)`` rows for odd ``H`` too; for even ``H`` this is exactly the usual
-    ``x[:, :, 1:, 1:]`` shift.
+    ``x[:, :, 1:, 1:]`` shift. A stride-2 1x1 conv reads only every other pixel, so the convs
+    run on those pixels (``x[:, :, ::2, ::2]`` and ``x[:, :, 1::2, 1::2]``): the same numbers,
+    without building the padded, shifted copy of the whole input and its gradient.
     """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
@@ -173,8 +175,16 @@ class FactorizedReduce(nn.Module):
         return self.after_relu(self.relu(x))
 
     def after_relu(self, x: torch.Tensor) -> torch.Tensor:
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # (B, C, H, W), moved up-left by one pixel
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        H, W = x.shape[-2:]
+        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]  # (B, C, ceil(H/2), ceil(W/2)), (.., floor, floor)
+        if H % 2 or W % 2:  # the shifted input's zero row / column at the far edge
+            odd = F.pad(odd, (0, W % 2, 0, H % 2))
+        return self.bn(torch.cat([self._conv(self.conv_1, even), self._conv(self.conv_2, odd)], dim=1))
+
+    @staticmethod
+    def _conv(conv: nn.Conv2d, pixels: torch.Tensor) -> torch.Tensor:
+        """``conv`` (a stride-2 1x1 conv) on the pixels it reads, already subsampled."""
+        return F.conv2d(pixels, conv.weight, conv.bias)
 
 
 class Conv7x1x7(_ReLUFirst):

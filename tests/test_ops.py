@@ -42,6 +42,26 @@ def test_factorized_reduce_even_size_matches_plain_shift():
     assert torch.allclose(fr(x), fr.bn(ref))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("H,W", [(8, 8), (7, 7), (6, 9), (1, 1)])
+def test_factorized_reduce_matches_its_definition_with_gradients(H, W, memory_format):
+    # Definition: stride-2 1x1 convs of relu(x) and of relu(x) padded by one zero row and column
+    # at the far edge, shifted up-left by one pixel.
+    torch.manual_seed(0)
+    fr = FactorizedReduce(4, 8, affine=True).double()
+    x = torch.randn(3, 4, H, W, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    relu = torch.relu(x)
+    shifted = torch.nn.functional.pad(relu, (0, 1, 0, 1))[:, :, 1:, 1:]
+    ref = fr.bn(torch.cat([fr.conv_1(relu), fr.conv_2(shifted)], dim=1))
+    out = fr(x)
+    assert out.shape == (3, 8, (H + 1) // 2, (W + 1) // 2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    params = [x, fr.conv_1.weight, fr.conv_2.weight, fr.bn.weight]
+    for a, e in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
 def test_affine_flag_controls_batchnorm_parameters():
     assert sum(p.numel() for p in OPS["sep_conv_3x3"](4, 1, False).parameters()) == 2 * (4 * 9 + 16)
     assert sum(p.numel() for p in OPS["sep_conv_3x3"](4, 1, True).parameters()) == 2 * (4 * 9 + 16 + 8)
