@@ -93,6 +93,25 @@ def main(argv=None) -> dict:
 
     weights = model.weights()
     phases = {"arch_step": [], "weight_forward": [], "weight_backward_update": [], "step": []}
+    # The second-order architecture step split further: the virtual step (a forward and weight
+    # backward on the training batch), the finite-difference Hessian-vector product (two forward
+    # and alpha-only backward passes); the rest is the forward and backward at w' on the
+    # validation batch.
+    parts: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            sync()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            parts.setdefault(name, []).append(time.perf_counter() - t)
+            return out
+        return wrapper
+
+    if args.unrolled:
+        architect.virtual_step = timed("virtual_step", architect.virtual_step)
+        architect.hessian_vector_product = timed("hessian_vector_product", architect.hessian_vector_product)
     model.train()
     for i in range(args.warmup + args.steps):
         train, val = batch(), batch()
@@ -114,6 +133,11 @@ def main(argv=None) -> dict:
         sync()
         t3 = time.perf_counter()
         if i >= args.warmup:
+            if args.unrolled:
+                virtual, hvp = parts["virtual_step"][-1], parts["hessian_vector_product"][-1]
+                phases.setdefault("virtual_step", []).append(virtual)
+                phases.setdefault("hessian_vector_product", []).append(hvp)
+                phases.setdefault("validation_pass", []).append(t1 - t0 - virtual - hvp)
             phases["arch_step"].append(t1 - t0)
             phases["weight_forward"].append(t2 - t1)
             phases["weight_backward_update"].append(t3 - t2)
@@ -161,6 +185,9 @@ def main(argv=None) -> dict:
               f"{args.image_size}x{args.image_size} on {device}: {m['step']:.3f} s/step "
               f"(arch {m['arch_step']:.3f}, weight fwd {m['weight_forward']:.3f}, "
               f"weight bwd+update {m['weight_backward_update']:.3f}), peak RSS {result['peak_rss_mb']:.0f} MB")
+        if args.unrolled:
+            print(f"  second-order architecture step: virtual step {m['virtual_step']:.3f}, validation pass at w' "
+                  f"{m['validation_pass']:.3f}, Hessian-vector product {m['hessian_vector_product']:.3f} s")
     print(json.dumps(result))
     return result
 

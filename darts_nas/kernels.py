@@ -255,9 +255,31 @@ def _regrad(ctx, forward, grad_y: torch.Tensor, inputs: dict[int, torch.Tensor])
     return out
 
 
+class _SharedReLU(torch.autograd.Function):
+    """``relu(x)`` shared by the ops of an edge, keeping only ``x`` (a node of the cell, alive
+    anyway) for the backward pass: the ReLU's mask is applied once, to the sum of the ops'
+    gradients, instead of once per op."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, x, 0)  # differentiable in grad (double backward)
+
+
+def shared_relu(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x)`` for the lean blocks of one edge (see :func:`lean_conv_bn`)."""
+    return _SharedReLU.apply(x)
+
+
 class _LeanConvBN(torch.autograd.Function):
     """relu(x) -> [depthwise conv] -> 1x1 conv -> BatchNorm (no affine) [-> times a scalar],
-    keeping x and the BatchNorm output."""
+    keeping x and the BatchNorm output. Given ``relu_x``, the block starts from it and gives its
+    gradient (x only serves to recompute it); otherwise it applies the ReLU itself."""
 
     @staticmethod
     def forward(ctx, x, relu_x, dw_weight, pw_weight, bn, dw, scale):
@@ -275,14 +297,20 @@ class _LeanConvBN(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, dw_weight, pw_weight, y, invstd, scale = ctx.saved_tensors
         dw = ctx.dw
+        given_relu = ctx.tensor_args[1]  # the gradient goes to relu_x (index 1), else to x (index 0)
         if torch.is_grad_enabled():
+            # Recomputed from x with autograd on: the gradient for relu_x, as a function of relu(x),
+            # reaches x through the shared ReLU's mask just as relu_x's would.
+            start = F.relu(x) if given_relu else x
+
             def forward():
-                h = F.relu(x)
+                h = start if given_relu else F.relu(start)
                 if dw is not None:
                     h = depthwise_conv2d(h, dw_weight, *dw)
                 return _scaled(F.batch_norm(F.conv2d(h, pw_weight), None, None, training=True, eps=ctx.eps), scale)
-            return tuple(_regrad(ctx, forward, grad_y, {0: x, 2: dw_weight, 3: pw_weight, 6: scale}))
-        need_x = _needed(ctx, 0)
+            return tuple(_regrad(ctx, forward, grad_y,
+                                 {(1 if given_relu else 0): start, 2: dw_weight, 3: pw_weight, 6: scale}))
+        need_x = _needed(ctx, 1 if given_relu else 0)
         need_dw = dw is not None and _needed(ctx, 2)
         need_pw = _needed(ctx, 3)
         need_scale = scale is not None and _needed(ctx, 6)
@@ -306,6 +334,8 @@ class _LeanConvBN(torch.autograd.Function):
             else:
                 grad_relu, grad_dw = depthwise_backward(grad_h, relu_x, dw_weight, dw[0], dw[1], dw[2], x.shape,
                                                         need_x, need_dw)
+            if need_x and given_relu:
+                return None, grad_relu, grad_dw, grad_pw, None, None, grad_scale
             if need_x:
                 grad_x = torch.ops.aten.threshold_backward(grad_relu, x, 0)
         return grad_x, None, grad_dw, grad_pw, None, None, grad_scale
@@ -316,7 +346,9 @@ def lean_conv_bn(x: torch.Tensor, relu_x: torch.Tensor | None, dw_conv: nn.Conv2
     """``bn(pw_conv(dw_conv(relu(x))))`` (``dw_conv`` may be None) with the lean backward, times
     ``scale`` (a 0-dim tensor, e.g. the op's softmaxed alpha) when given: its gradient comes out of
     BatchNorm's backward pass for free, and the output gradient is never scaled on its own.
-    ``relu_x`` is ``relu(x)`` computed once for several blocks (no autograd history needed)."""
+    ``relu_x`` is :func:`shared_relu` of ``x``, computed once for the blocks of an edge: they
+    return its gradient unmasked, and the shared ReLU masks their sum once. Without it the block
+    applies the ReLU itself."""
     dw = None
     dw_weight = pw_conv.weight.new_empty(0)
     if dw_conv is not None:

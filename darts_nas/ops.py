@@ -100,8 +100,8 @@ class DilConv(_ReLUFirst):
     def forward_lean(self, x: torch.Tensor, relu_x: torch.Tensor | None = None,
                      scale: torch.Tensor | None = None) -> torch.Tensor:
         """``self(x)`` (times ``scale`` when given) through the lean block of
-        :mod:`darts_nas.kernels` (non-affine BN only); ``relu_x`` is ``relu(x)`` when already
-        computed (no autograd history needed)."""
+        :mod:`darts_nas.kernels` (non-affine BN only); ``relu_x`` is
+        :func:`~darts_nas.kernels.shared_relu` of ``x`` when the edge already computed it."""
         if not (_plain_bn(self[3]) and isinstance(self[1], DepthwiseConv2d) and type(self[2]) is nn.Conv2d):
             return self(x) if scale is None else scale * self(x)
         return lean_conv_bn(x, relu_x, self[1], self[2], self[3], scale)

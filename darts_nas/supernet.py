@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
 from .genotype import PRIMITIVES, Genotype, derive
-from .kernels import lean_applies
+from .kernels import lean_applies, shared_relu
 from .ops import OPS, FactorizedReduce, PoolBN, ReLUConvBN, is_pooling
 from .registry import Registry
 
@@ -40,8 +40,8 @@ class MixedOp(nn.Module):
     ``none`` contributes exactly zero, so it is not built and not computed; its alpha still takes
     part in the softmax (as in the paper), it just multiplies nothing. The ops that start with a
     ReLU (convolutions, and the factorized reduce of ``skip_connect`` at stride 2) share one
-    ``relu(x)`` through their ``after_relu``: the same result, with one ReLU and one saved
-    activation per edge instead of one per op. In training passes on the CPU the convolution and
+    ``relu(x)`` through their ``after_relu``: the same result, with one ReLU, one saved
+    activation and one ReLU gradient per edge instead of one per op. In training passes on the CPU the convolution and
     pooling ops run as lean blocks (:mod:`darts_nas.kernels`) that keep only their input and
     output for the backward pass, and apply the op's weight themselves, so that its gradient
     comes out of their BatchNorm backward pass.
@@ -67,21 +67,14 @@ class MixedOp(nn.Module):
         out = None
         relu_x = None
         lean = lean_applies(x, self.training)
-        lean_relu_x = None  # relu(x) for the lean blocks, without autograd history
         for k, op, shares, has_lean in zip(self.op_index, self.ops, self.shares_relu, self.has_lean):
+            if shares and relu_x is None:
+                # the lean blocks' shared ReLU keeps x (alive anyway as a cell node), not relu(x)
+                relu_x = shared_relu(x) if lean else F.relu(x)
             if lean and has_lean:
-                if lean_relu_x is None and shares:
-                    with torch.no_grad():
-                        lean_relu_x = F.relu(x)
-                y = op.forward_lean(x, lean_relu_x, weights[k])  # scaled inside the block
+                y = op.forward_lean(x, relu_x if shares else None, weights[k])  # scaled inside the block
             else:
-                if shares:
-                    if relu_x is None:
-                        relu_x = F.relu(x)
-                    y = op.after_relu(relu_x)
-                else:
-                    y = op(x)
-                y = weights[k] * y
+                y = weights[k] * (op.after_relu(relu_x) if shares else op(x))
             out = y if out is None else out + y
         return out
 

@@ -118,8 +118,8 @@ def _run(block, x, lean, scale=None):
         return block(x) if scale is None else scale * block(x)
     if isinstance(block, ReLUConvBN):
         return block.forward_lean(x)
-    # the MixedOp's shared relu(x), without autograd history, and the op's softmaxed alpha
-    return block.forward_lean(x, F.relu(x).detach() if hasattr(block, "after_relu") else None, scale)
+    # the MixedOp's shared relu(x) and the op's softmaxed alpha
+    return block.forward_lean(x, kernels.shared_relu(x) if hasattr(block, "after_relu") else None, scale)
 
 
 @pytest.mark.parametrize("name,stride,size,memory_format,scaled", list(_lean_cases()))

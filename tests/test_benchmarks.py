@@ -1,0 +1,41 @@
+"""The benchmark scripts run from a checkout, as BENCHMARKS.md's commands run them, at tiny sizes:
+each prints one JSON object as its last line with the numbers BENCHMARKS.md quotes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--threads", "1", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("extra", [[], ["--unrolled"], ["--unrolled", "--no-kernels", "--no-channels-last"]],
+                         ids=["first", "second", "second-plain"])
+def test_search_step_benchmark_reports_every_phase(extra):
+    result = _run("search_step.py", "--batch-size", "4", "--init-channels", "4", "--layers", "3",
+                  "--image-size", "8", "--warmup", "1", "--steps", "2", *extra)
+    median = result["median_s"]
+    assert result["order"] == ("second" if "--unrolled" in extra else "first")
+    assert len(result["all_step_s"]) == 2 and result["peak_rss_mb"] > 0
+    assert median["step"] >= median["arch_step"] > 0 and median["weight_backward_update"] > 0
+    if "--unrolled" in extra:
+        # the second-order architecture step splits into its three parts, which add up to it
+        parts = median["virtual_step"], median["validation_pass"], median["hessian_vector_product"]
+        assert all(p > 0 for p in parts)
+        assert sum(parts) == pytest.approx(median["arch_step"], rel=0.25)
+    assert ("no kernels" in result["speed"]) == ("--no-kernels" in extra)
+
+
+def test_train_step_benchmark_runs_a_final_network():
+    result = _run("train_step.py", "--cell", "darts_v2", "--batch-size", "4", "--init-channels", "8",
+                  "--layers", "3", "--image-size", "16", "--no-auxiliary", "--warmup", "1", "--steps", "2")
+    assert result["median_s"]["step"] > 0 and result["peak_rss_mb"] > 0
