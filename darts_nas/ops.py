@@ -151,6 +151,25 @@ class PoolBN(nn.Sequential):
         return lean_pool_bn(x, self[0], self[1], scale)
 
 
+class _EveryOtherPixel(torch.autograd.Function):
+    """``x[:, :, offset::2, offset::2]`` whose gradient is laid out like ``x``. PyTorch's slicing
+    gradient is always NCHW; with an NHWC ``x`` every pass that meets it afterwards (the ReLU's
+    mask, the sum with the other ops' gradients) ran 2-5x slower."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, offset: int) -> torch.Tensor:
+        ctx.shape, ctx.offset = x.shape, offset
+        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x[:, :, offset::2, offset::2]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        grad_x = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format).zero_()
+        grad_x[:, :, ctx.offset::2, ctx.offset::2] = grad  # differentiable in grad (double backward)
+        return grad_x, None
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing pixels: two stride-2 1x1 convs, the second on the
     input shifted by one pixel, each producing ``C_out // 2`` channels, concatenated, then BN.
@@ -176,7 +195,8 @@ class FactorizedReduce(nn.Module):
 
     def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]  # (B, C, ceil(H/2), ceil(W/2)), (.., floor, floor)
+        # (B, C, ceil(H/2), ceil(W/2)) and (B, C, floor(H/2), floor(W/2))
+        even, odd = _EveryOtherPixel.apply(x, 0), _EveryOtherPixel.apply(x, 1)
         if H % 2 or W % 2:  # the shifted input's zero row / column at the far edge
             odd = F.pad(odd, (0, W % 2, 0, H % 2))
         return self.bn(torch.cat([self._conv(self.conv_1, even), self._conv(self.conv_2, odd)], dim=1))

@@ -58,8 +58,11 @@ def test_factorized_reduce_matches_its_definition_with_gradients(H, W, memory_fo
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     g = torch.randn_like(out)
     params = [x, fr.conv_1.weight, fr.conv_2.weight, fr.bn.weight]
-    for a, e in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+    grads = torch.autograd.grad(out, params, g)
+    for a, e in zip(grads, torch.autograd.grad(ref, params, g)):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+    # the input gradient is laid out like the input (slicing's own gradient would be NCHW)
+    assert grads[0].is_contiguous(memory_format=memory_format)
 
 
 def test_affine_flag_controls_batchnorm_parameters():
