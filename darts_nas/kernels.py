@@ -142,7 +142,9 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch
     if stride == 2 and without_input:  # dilation 2: an undilated convolution of the even pixels
         if need_input:
             grad_even = F.conv2d(grad, weight.flip(2, 3), None, 1, padding // 2, 1, C)
-            grad_x = grad.new_zeros(input_shape).contiguous(memory_format=_format_of(grad))
+            # allocated in the gradient's layout (new_zeros alone would be NCHW and need a copy)
+            grad_x = torch.empty(input_shape, dtype=grad.dtype, device=grad.device,
+                                 memory_format=_format_of(grad)).zero_()
             grad_x[:, :, ::2, ::2] = grad_even
         if need_weight:
             grad_w = _depthwise_weight_grad(grad, x[:, :, ::2, ::2], weight, padding // 2)
