@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ConfigError, DataError
 from .genotype import Genotype, resolve
-from .ops import OPS, FactorizedReduce, Identity, ReLUConvBN
+from .ops import OPS, FactorizedReduce, GlobalAvgPool, Identity, ReLUConvBN
 from .registry import Registry
 
 NETWORKS: Registry = Registry("network")
@@ -334,7 +334,7 @@ class NetworkCIFAR(_Network):
         C_last = self._build_cells(genotype, C, layers, C_stem, C_stem, reduction_prev=False)
         if self.auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(self.aux_channels, num_classes)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_last, num_classes)
 
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,7 +388,7 @@ class NetworkImageNet(_Network):
         C_last = self._build_cells(genotype, C, layers, C, C, reduction_prev=True)
         if self.auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(self.aux_channels, num_classes)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)  # AvgPool2d(7) at 224x224 in the paper
+        self.global_pooling = GlobalAvgPool()  # AvgPool2d(7) at 224x224 in the paper
         self.classifier = nn.Linear(C_last, num_classes)
 
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

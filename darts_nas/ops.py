@@ -170,6 +170,32 @@ class _EveryOtherPixel(torch.autograd.Function):
         return grad_x, None
 
 
+class _GlobalMean(torch.autograd.Function):
+    """``F.adaptive_avg_pool2d(x, 1)`` of an NHWC ``x`` with the gradient in NHWC too (PyTorch's
+    CPU kernel returns it in NCHW, which slows every pass over the last cell's gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return F.adaptive_avg_pool2d(x, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        H, W = ctx.shape[-2:]
+        return (grad / (H * W)).expand(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+class GlobalAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(1)``: (B, C, H, W) -> (B, C, 1, 1), same values and gradients; the
+    gradient of an NHWC input is NHWC."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                and not torch.compiler.is_compiling()):
+            return _GlobalMean.apply(x)
+        return F.adaptive_avg_pool2d(x, 1)
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing pixels: two stride-2 1x1 convs, the second on the
     input shifted by one pixel, each producing ``C_out // 2`` channels, concatenated, then BN.

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from .errors import ConfigError
 from .genotype import PRIMITIVES, Genotype, derive
 from .kernels import lean_applies, shared_relu
-from .ops import OPS, FactorizedReduce, PoolBN, ReLUConvBN, is_pooling
+from .ops import OPS, FactorizedReduce, GlobalAvgPool, PoolBN, ReLUConvBN, is_pooling
 from .registry import Registry
 
 SEARCH_SPACES: Registry = Registry("search space")
@@ -175,7 +175,7 @@ class Supernet(nn.Module):
                                          reduction_prev, primitives))
             reduction_prev = reduction
             C_pp, C_p = C_p, multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_p, num_classes)
 
         k = num_edges(steps)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from darts_nas.genotype import PRIMITIVES
-from darts_nas.ops import OPS, FactorizedReduce
+from darts_nas.ops import OPS, FactorizedReduce, GlobalAvgPool
 from darts_nas.errors import ConfigError
 
 
@@ -63,6 +63,18 @@ def test_factorized_reduce_matches_its_definition_with_gradients(H, W, memory_fo
         torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
     # the input gradient is laid out like the input (slicing's own gradient would be NCHW)
     assert grads[0].is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_global_avg_pool_matches_adaptive_pooling_and_keeps_the_layout(memory_format):
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    out, ref = GlobalAvgPool()(x), torch.nn.AdaptiveAvgPool2d(1)(x)
+    assert torch.equal(out, ref) and out.shape == (3, 5, 1, 1)
+    g = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, g, create_graph=True)
+    (expected,) = torch.autograd.grad(ref, x, g, create_graph=True)
+    assert torch.equal(grad, expected) and grad.is_contiguous(memory_format=memory_format)
+    assert torch.autograd.gradgradcheck(lambda t: GlobalAvgPool()(t), (x,))
 
 
 def test_affine_flag_controls_batchnorm_parameters():
