@@ -2,7 +2,9 @@
 """Time one search step (architecture step + weight step) of the DARTS supernet.
 
 Random inputs, after warm-up; reports the median over ``--steps`` timed steps, a per-phase
-breakdown (architecture step, weight forward, weight backward + update) and peak memory (CPU: peak
+breakdown (architecture step, weight forward, weight backward + update; with ``--unrolled`` the
+architecture step also split into the virtual step, the validation pass at w' and the
+Hessian-vector product) and peak memory (CPU: peak
 RSS of this process, so run one setting per process; CUDA: max allocated). The last line printed
 is one JSON object with every number.
 
