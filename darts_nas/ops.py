@@ -159,7 +159,7 @@ class _EveryOtherPixel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, offset: int) -> torch.Tensor:
         ctx.shape, ctx.offset = x.shape, offset
-        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.channels_last = _channels_last(x)
         return x[:, :, offset::2, offset::2]
 
     @staticmethod
@@ -168,6 +168,18 @@ class _EveryOtherPixel(torch.autograd.Function):
         grad_x = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format).zero_()
         grad_x[:, :, ctx.offset::2, ctx.offset::2] = grad  # differentiable in grad (double backward)
         return grad_x, None
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _every_other_pixel(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """``x[:, :, offset::2, offset::2]``; for NHWC ``x`` with the gradient in NHWC (outside
+    ``torch.compile``, which sees plain slicing)."""
+    if _channels_last(x) and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _EveryOtherPixel.apply(x, offset)
+    return x[:, :, offset::2, offset::2]
 
 
 class _GlobalMean(torch.autograd.Function):
@@ -190,8 +202,7 @@ class GlobalAvgPool(nn.Module):
     gradient of an NHWC input is NHWC."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                and not torch.compiler.is_compiling()):
+        if _channels_last(x) and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _GlobalMean.apply(x)
         return F.adaptive_avg_pool2d(x, 1)
 
@@ -222,7 +233,7 @@ class FactorizedReduce(nn.Module):
     def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
         # (B, C, ceil(H/2), ceil(W/2)) and (B, C, floor(H/2), floor(W/2))
-        even, odd = _EveryOtherPixel.apply(x, 0), _EveryOtherPixel.apply(x, 1)
+        even, odd = _every_other_pixel(x, 0), _every_other_pixel(x, 1)
         if H % 2 or W % 2:  # the shifted input's zero row / column at the far edge
             odd = F.pad(odd, (0, W % 2, 0, H % 2))
         return self.bn(torch.cat([self._conv(self.conv_1, even), self._conv(self.conv_2, odd)], dim=1))

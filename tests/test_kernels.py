@@ -9,7 +9,7 @@ from torch import nn
 
 from darts_nas import kernels
 from darts_nas.genotype import PRIMITIVES
-from darts_nas.ops import OPS, PoolBN, ReLUConvBN, depthwise_conv2d
+from darts_nas.ops import OPS, FactorizedReduce, GlobalAvgPool, PoolBN, ReLUConvBN, depthwise_conv2d
 from darts_nas.supernet import MixedOp, Supernet
 
 
@@ -284,3 +284,22 @@ def test_compiled_passes_see_the_plain_modules(monkeypatch):
     assert kernels.cpu_fast_path(x)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not kernels.cpu_fast_path(x)
+    # nor do the layout-keeping gradients of the stride-2 skip and the global pooling
+    nhwc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    fr = FactorizedReduce(4, 4, affine=False)
+    assert not {"_EveryOtherPixelBackward", "_GlobalMeanBackward"} & (
+        _graph_nodes(fr.after_relu(nhwc)) | _graph_nodes(GlobalAvgPool()(nhwc)))
+    monkeypatch.undo()  # and outside torch.compile they are there
+    assert "_EveryOtherPixelBackward" in _graph_nodes(fr.after_relu(nhwc))
+    assert "_GlobalMeanBackward" in _graph_nodes(GlobalAvgPool()(nhwc))
+
+
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    """The class names of every node of ``out``'s autograd graph."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
