@@ -65,6 +65,17 @@ def _to_phases(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(B, C, H // 2, 2, W // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * B, C, H // 2, W // 2)
 
 
+def every_other_pixel_grad(grad: torch.Tensor, shape: torch.Size, offset: int,
+                           memory_format: torch.memory_format) -> torch.Tensor:
+    """The gradient of ``x[:, :, offset::2, offset::2]`` for an ``x`` of ``shape``: zeros with
+    ``grad`` at those pixels, laid out in ``memory_format`` (PyTorch's own slicing gradient is
+    always NCHW, and every later pass over an NCHW gradient in an NHWC step is 2-5x slower).
+    Differentiable in ``grad`` (double backward)."""
+    grad_x = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format).zero_()
+    grad_x[:, :, offset::2, offset::2] = grad
+    return grad_x
+
+
 def _needed(ctx, i: int) -> bool:
     """Whether the running backward pass uses the gradient of the ``i``-th input of a custom
     autograd function: an architecture step asks for the alphas' gradient only, and then no
@@ -142,10 +153,7 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch
     if stride == 2 and without_input:  # dilation 2: an undilated convolution of the even pixels
         if need_input:
             grad_even = F.conv2d(grad, weight.flip(2, 3), None, 1, padding // 2, 1, C)
-            # allocated in the gradient's layout (new_zeros alone would be NCHW and need a copy)
-            grad_x = torch.empty(input_shape, dtype=grad.dtype, device=grad.device,
-                                 memory_format=_format_of(grad)).zero_()
-            grad_x[:, :, ::2, ::2] = grad_even
+            grad_x = every_other_pixel_grad(grad_even, input_shape, 0, _format_of(grad))
         if need_weight:
             grad_w = _depthwise_weight_grad(grad, x[:, :, ::2, ::2], weight, padding // 2)
         return grad_x, grad_w

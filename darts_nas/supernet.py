@@ -41,10 +41,10 @@ class MixedOp(nn.Module):
     part in the softmax (as in the paper), it just multiplies nothing. The ops that start with a
     ReLU (convolutions, and the factorized reduce of ``skip_connect`` at stride 2) share one
     ``relu(x)`` through their ``after_relu``: the same result, with one ReLU, one saved
-    activation and one ReLU gradient per edge instead of one per op. In training passes on the CPU the convolution and
-    pooling ops run as lean blocks (:mod:`darts_nas.kernels`) that keep only their input and
-    output for the backward pass, and apply the op's weight themselves, so that its gradient
-    comes out of their BatchNorm backward pass.
+    activation and one ReLU gradient per edge instead of one per op. In training passes on the
+    CPU the convolution and pooling ops run as lean blocks (:mod:`darts_nas.kernels`) that keep
+    only their input and output for the backward pass, and apply the op's weight themselves, so
+    that its gradient comes out of their BatchNorm backward pass.
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
