@@ -11,12 +11,20 @@ format, compilation, and a clear answer when a batch does not fit in GPU memory.
   CPU; on CUDA it measured slower (BENCHMARKS.md), so there it is off unless asked for.
 * ``--compile``: ``nn.Module.compile`` (torch.compile in place, so parameter names, state dicts
   and ``torch.func.functional_call`` keep working).
+* On the CPU under glibc, :meth:`Speed.prepare` asks malloc to keep the memory that tensors free
+  for reuse instead of handing it back to the kernel (:func:`keep_freed_cpu_memory`): otherwise
+  every pass whose allocations do not fit the heap's current top touches fresh pages again, about
+  a gigabyte of page faults per finite-difference pass of a second-order step at the paper setting
+  (BENCHMARKS.md). ``DARTS_NAS_KEEP_FREED_MEMORY=0`` leaves malloc at its defaults.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, ContextManager, TypeVar
 
@@ -54,6 +62,8 @@ class Speed:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move ``model`` to the device in the chosen memory format, compiled if asked (in place)."""
+        if self.device.type == "cpu":
+            keep_freed_cpu_memory()
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -73,6 +83,43 @@ class Speed:
         parts = [name for name, on in (("bf16 autocast", self.amp), ("channels_last", self.channels_last),
                                        ("torch.compile", self.compile)) if on]
         return ", ".join(parts) if parts else "float32"
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest accepted value on 64-bit systems
+_kept_freed_memory: bool | None = None
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; True if the setting is in effect.
+
+    By default glibc returns the top of its heap to the kernel once more than a (dynamically
+    chosen) threshold of it is free, and serves blocks above another dynamic threshold with
+    ``mmap``, unmapping them on free. A search step frees and reallocates gigabytes of
+    activations several times per step, and each time the freed pages come back as page faults
+    that zero them again. This sets the ``mmap`` threshold to its maximum (32 MiB; larger blocks
+    are still mapped and unmapped) and turns trimming off, so the process's resident memory
+    stays at its peak instead of falling between passes; the peak itself is unchanged
+    (BENCHMARKS.md). A no-op returning False where the C library is not glibc, or when the
+    environment sets ``DARTS_NAS_KEEP_FREED_MEMORY=0``. Process-wide, applied once.
+    """
+    global _kept_freed_memory
+    if _kept_freed_memory is None:
+        _kept_freed_memory = False
+        if os.environ.get("DARTS_NAS_KEEP_FREED_MEMORY", "1") != "0" and sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.gnu_get_libc_version  # glibc only: musl has no such symbol
+                mallopt = libc.mallopt
+            except (OSError, AttributeError):
+                return False
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            # -1 as the trim threshold is glibc's documented "never trim"
+            _kept_freed_memory = (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+                                  and mallopt(_M_TRIM_THRESHOLD, -1) == 1)
+    return _kept_freed_memory
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
