@@ -361,10 +361,12 @@ def _glibc():
 def test_cpu_runs_reuse_freed_memory_instead_of_faulting_it_in_again():
     kept = _reuse_probe("1")
     assert kept["kept"] is True
-    first, *later = kept["faults"]
+    first, second, third = kept["faults"]
     assert first > 0  # 256 MiB of fresh pages (65,536 of 4 KiB; fewer with transparent huge pages)
-    assert max(later) < first / 20, kept  # the second and third pass reuse the first one's pages
+    # the later passes reuse the first one's pages (a few MiB come fresh while the heap settles)
+    assert second < first / 8 and third < first / 20, kept
     default = _reuse_probe("0")
     assert default["kept"] is False
-    # glibc's defaults hand the memory back and fault it in again on every pass
-    assert min(default["faults"][1:]) > first / 4, default
+    # glibc's defaults hand the memory back and fault it in again on the next pass (after a few
+    # identical passes they adapt; a search step's mix of sizes keeps them faulting, BENCHMARKS.md)
+    assert default["faults"][1] > first / 2, default
