@@ -48,7 +48,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--space", default=d.space, help="search space (registered: darts)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
                    help="channels of the first cell (C)")
-    g.add_argument("--layers", type=int, default=d.layers, help="number of cells; reductions at layers//3 and 2*layers//3")
+    g.add_argument("--layers", type=int, default=d.layers,
+                   help="number of cells; reductions at layers//3 and 2*layers//3 (below 3 every cell reduces "
+                        "and the normal cell is not searched)")
     g.add_argument(*_flag("--nodes", "--steps"), type=int, default=d.nodes, help="intermediate nodes per cell")
     g.add_argument("--ops", default=",".join(d.primitives),
                    help="comma-separated candidate ops of every edge, in alpha column order")

@@ -218,6 +218,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     if ctx.is_distributed:
         log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
                  f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
+    if config.layers < 3:
+        # Reductions sit at layers // 3 and 2 * layers // 3: below 3 cells every cell reduces.
+        log.info(f"warning: with --layers {config.layers} every cell is a reduction cell, so the normal "
+                 f"cell's alphas are never trained and its genotype is meaningless: use --layers 3 or more "
+                 f"to search a normal cell")
 
     start = time.perf_counter()
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}

@@ -103,6 +103,15 @@ def test_same_seed_gives_bit_identical_alphas_and_genotype(tmp_path):
     assert not torch.equal(alphas_of(a)[0], alphas_of(c)[0])
 
 
+def test_too_few_cells_for_a_normal_cell_are_warned_about(tmp_path):
+    # --layers 2 puts reductions at 0 and 1: no cell ever uses the normal alphas
+    code, out = search(tmp_path, "--layers", "2", "--epochs", "1", name="two")
+    assert code == 0
+    assert "warning: with --layers 2 every cell is a reduction cell" in (out / "log.txt").read_text()
+    _, three = search(tmp_path, "--epochs", "1", name="three")  # --layers 3: cell 0 is normal
+    assert "warning" not in (three / "log.txt").read_text()
+
+
 def test_second_order_search_runs(tmp_path):
     code, out = search(tmp_path, "--unrolled", "--epochs", "1")
     assert code == 0
