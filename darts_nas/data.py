@@ -452,6 +452,14 @@ def _folder_classes(root: Path) -> list[str]:
             f"no class subfolders found in {train_dir}: the folder dataset needs one subfolder of images per class "
             f"(e.g. {train_dir / 'cat'}/1.png)"
         )
+    if len(classes) == 1:
+        # A classifier of one class learns nothing (100% accuracy from the start); most often --data
+        # points one level above the class folders.
+        raise DataError(
+            f"{train_dir} has a single class subfolder ({classes[0]}), and a classification needs at least two: "
+            f"point --data at the directory whose subfolders are the classes (e.g. {train_dir / classes[0]} "
+            f"if the classes are inside it)"
+        )
     return classes
 
 

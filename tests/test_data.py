@@ -388,8 +388,9 @@ def test_folder_errors(tmp_path):
         load_dataset("folder", empty, "train")
 
     only_text = tmp_path / "only_text"
-    (only_text / "a").mkdir(parents=True)
-    (only_text / "a" / "notes.txt").write_text("x")
+    for c in ("a", "b"):
+        (only_text / c).mkdir(parents=True)
+        (only_text / c / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="no image files"):
         load_dataset("folder", only_text, "train")
 
@@ -398,6 +399,11 @@ def test_folder_errors(tmp_path):
     (lonely / "hollow").mkdir()
     with pytest.raises(DataError, match="hollow.*no images"):
         load_dataset("folder", lonely, "train")
+
+    single = tmp_path / "single"  # --data one level above the class folders
+    fx.write_image_folder(single / "images", classes=("cat", "dog"), per_class=2)
+    with pytest.raises(DataError, match=r"single class subfolder \(images\).*--data.*single/images"):
+        load_dataset("folder", single, "train")
 
 
 def test_folder_val_with_unknown_class(folder):

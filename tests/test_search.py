@@ -254,6 +254,11 @@ def _folder_of_non_images(root: Path) -> list[str]:
     return ["--dataset", "folder", "--data", str(root)]
 
 
+def _folder_of_one_class(root: Path) -> list[str]:
+    write_image_folder(root, classes=("images",), per_class=8)
+    return ["--dataset", "folder", "--data", str(root), "--batch-size", "2"]
+
+
 def _images_too_small(root: Path) -> list[str]:
     write_image_folder(root, classes=("a", "b"), per_class=4)
     return ["--dataset", "folder", "--data", str(root), "--image-size", "2", "--batch-size", "2"]
@@ -266,6 +271,7 @@ def _images_too_small(root: Path) -> list[str]:
     (_folder_with_an_empty_class, "contains no images"),
     (_folder_of_non_images, "no image files"),
     (_images_too_small, "need images of at least 3x3"),
+    (_folder_of_one_class, "single class subfolder"),
     (lambda root: ["--train-portion", "0"], "between 0 and 1"),
     (lambda root: ["--train-portion", "1"], "between 0 and 1"),
 ])
