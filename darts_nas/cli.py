@@ -82,7 +82,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
                    help="run directory (default runs/search-<dataset>-<time>)")
-    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out, or an unfinished one with other settings (an "
+                        "unfinished run with the same settings is resumed)")
     g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=d.report_every,
                    help="print progress every N steps")
     g.add_argument("--steps-per-epoch", type=int, default=None,
@@ -201,6 +203,16 @@ def _given_flags(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequ
     return {_FIELD_OF_FLAG.get(dest, dest) for dest in given}
 
 
+def comparison_pending(path: Path, saved: dict[str, Any], finished: str) -> bool:
+    """Whether the finished training in ``path`` still lacks the ``--compare`` part it was run with."""
+    if not saved.get("compare"):
+        return False
+    try:
+        return "comparison" not in json.loads((path / finished).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finished: str, may_change: set[str]):
     """The settings of the unfinished ``kind`` run in ``run_dir`` (its config.json), with the flags
     given alongside ``--resume`` applied where they may change. Refuses, with the fix, a directory
@@ -228,7 +240,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     if ("cell" in saved) != (kind == "train"):
         raise RunDirError(f"--resume {path}: it holds a {other_title}, not a {title}: resume it with "
                           f"{other_script} --resume {path}")
-    if (path / finished).exists():
+    if (path / finished).exists() and not comparison_pending(path, saved, finished):
         raise RunDirError(f"--resume {path}: it holds a finished {title} ({finished} is there): nothing to resume; "
                           f"choose another --out for a new run")
     if not numbered_checkpoints(path):
@@ -240,7 +252,9 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     if refused:
         raise ConfigError(f"cannot change {', '.join(refused)} when resuming {path}: that would change the model "
                           f"or the data; drop the flag to resume, or start a new run with another --out")
-    settings = {**saved, **{name: wanted[name] for name in given & set(wanted) & may_change}, "out": str(path)}
+    # "overwrite" as saved would be the first attempt's --overwrite: resuming never starts afresh.
+    settings = {**saved, **{name: wanted[name] for name in given & set(wanted) & may_change}, "out": str(path),
+                "overwrite": False}
     return type(from_flags).from_dict(settings)
 
 
@@ -318,7 +332,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>)")
-    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out, or an unfinished one with other settings (an "
+                        "unfinished run with the same settings is resumed)")
     g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help="print progress every N steps")
     g.add_argument("--steps-per-epoch", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")

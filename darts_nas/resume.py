@@ -20,22 +20,37 @@ import torch
 
 from .checkpoint import clear_run_files, remove_stale_temporaries, resume_checkpoint
 from .engine import EpochProgress, NonFiniteLossError
-from .errors import RunDirError, RunStopped
+from .errors import CheckpointError, RunDirError, RunStopped
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def resume_or_start_afresh(out: Path, kind: str, what: str, settings: dict, ignore: set[str], run_files,
                            log: Callable[[str], None], *, fresh: bool, resume_only: bool, map_location,
-                           title: str | None = None) -> dict | None:
+                           title: str | None = None, overwrite: bool = False) -> dict | None:
     """The newest valid checkpoint of the unfinished run in ``out`` (``kind``: search or train),
     or None after clearing what an earlier attempt left (``fresh`` starts afresh regardless).
-    ``resume_only`` (``--resume``) makes a missing checkpoint an error."""
+    ``resume_only`` (``--resume``) makes a missing checkpoint an error.
+
+    An unfinished run started with other settings (or by the other script) is refused, unless
+    ``overwrite`` (``--overwrite``): then it is replaced. One with the same settings is resumed
+    either way, because the resumed run ends as the uninterrupted one would."""
     from .tracking import remove_event_files  # tracking imports torch.utils.tensorboard: keep it lazy
 
     remove_stale_temporaries(out)
-    resume = None if fresh else resume_checkpoint(out, kind, settings, ignore, log, map_location=map_location,
-                                                  title=title)
+    resume = None
+    if not fresh:
+        try:
+            resume = resume_checkpoint(out, kind, settings, ignore, log, map_location=map_location, title=title)
+        except (RunDirError, CheckpointError) as exc:
+            if not overwrite:
+                raise
+            log(f"--overwrite: what {out} holds cannot be resumed with these settings, so the {title or kind} "
+                f"starts afresh ({exc})")
+        else:
+            if resume is not None and overwrite:
+                log(f"--overwrite replaces finished runs only: {out} holds an unfinished {title or kind} with the "
+                    f"same settings, which is resumed (delete the directory to start it afresh)")
     if resume is None and resume_only:
         raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the {what} again with "
                           f"--out {out} --overwrite (and its settings), or resume another run directory")

@@ -77,8 +77,11 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
                     allow_unfinished: bool = False) -> Path:
     """Create (or reuse) the run directory, refusing to clobber an earlier run silently.
 
-    With ``overwrite`` the files a run writes (``owned_files``) are removed first; anything else a
-    user keeps in the directory is left alone.
+    With ``overwrite`` a finished run's files (``owned_files``) are removed first; anything else a
+    user keeps in the directory is left alone. An unfinished run is left as it is, overwrite or
+    not: :func:`darts_nas.resume.resume_or_start_afresh` resumes it when its settings match and
+    (with ``overwrite``) starts afresh when they do not, so rerunning a command that has
+    ``--overwrite`` never throws away an interrupted run it could continue.
     """
     if out is None:
         out = os.path.join("runs", f"{kind}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -100,7 +103,7 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
     except OSError as exc:
         raise RunDirError(f"cannot write to the output directory {path} ({exc.strerror}): "
                           f"choose a writable --out") from None
-    if overwrite:
+    if overwrite and (path / finished_marker).exists():
         for name in owned_files:
             target = path / name
             if target.is_file():

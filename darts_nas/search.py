@@ -98,8 +98,8 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     try:
         ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
-            out, "search", "search", config.to_dict(), ignore, RUN_FILES, log.info, fresh=config.overwrite,
-            resume_only=resume_only, map_location=ctx.checkpoint_location))
+            out, "search", "search", config.to_dict(), ignore, RUN_FILES, log.info, fresh=False,
+            overwrite=config.overwrite, resume_only=resume_only, map_location=ctx.checkpoint_location))
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         diagrams = CellDiagrams(warn=log.info)
         board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,

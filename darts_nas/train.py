@@ -32,7 +32,7 @@ from .genotype import Genotype, resolve
 from .network import NETWORKS, check_image_size, count_auxiliary_parameters, count_multiply_adds, count_parameters
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
-from .runtime import environment, prepare_run_dir, seed_everything
+from .runtime import environment, prepare_run_dir, seed_everything, settings_differences
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard
 
 FINISHED = "metrics.json"
@@ -105,6 +105,14 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
     else:
         info = get_info(config.dataset, config.data, config.image_size)
         config = config.replace(cutout=resolved_cutout(config, info))
+        pending = ctx.on_main(lambda: interrupted_comparison(config))
+        if pending is not None:
+            # The cell itself was trained; what stopped was the training of a compared cell.
+            log = ctx.run_log(Path(config.out), quiet=quiet)
+            log.info(f"{config.out} holds the finished training of {config.cell!r}: continuing its comparison")
+            log.close()
+            return _compare(config, pending, compare, quiet, ctx, continued=True)
+
         def load():
             return train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
                                    workers=config.workers, download=config.download,
@@ -126,7 +134,7 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
         ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
             out, "train", "training", config.to_dict(), ignore, RUN_FILES, log.info,
-            fresh=config.overwrite or config.epochs == 0, resume_only=resume_only,
+            fresh=config.epochs == 0, overwrite=config.overwrite, resume_only=resume_only,
             map_location=ctx.checkpoint_location, title="training run"))
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
@@ -143,18 +151,48 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
             board.close()
     finally:
         log.close()
-    if compare:
-        results = [{"cell": config.cell, **_headline(summary)}]
-        for spec, _ in compare:
-            sub = out / f"compare-{_slug(spec)}"
-            other = run(config.replace(cell=spec, compare=(), out=str(sub)), quiet=quiet)
-            results.append({"cell": spec, **_headline(other)})
-        summary["comparison"] = results
-        if ctx.is_main:
-            atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
-        if not quiet and ctx.is_main:
-            print(comparison_table(results), flush=True)
+    return _compare(config, summary, compare, quiet, ctx) if compare else summary
+
+
+def interrupted_comparison(config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of the finished training in ``config.out`` when only its ``--compare`` part is
+    missing (it was stopped while a compared cell trained) and the settings match; else None."""
+    if not config.compare or config.out is None:
+        return None
+    summary = _finished_summary(config)
+    return summary if summary is not None and "comparison" not in summary else None
+
+
+def _compare(config: TrainConfig, summary: dict[str, Any], compare, quiet: bool, ctx: Distributed,
+             continued: bool = False) -> dict[str, Any]:
+    """Train each compared cell under the same settings in ``<out>/compare-<cell>`` and add the
+    table to the summary. ``continued``: an earlier attempt stopped during the comparison, so a
+    compared cell it finished is taken as it is and an unfinished one is resumed."""
+    out = Path(summary["out"])
+    results = [{"cell": config.cell, **_headline(summary)}]
+    for spec, _ in compare:
+        sub = config.replace(cell=spec, compare=(), out=str(out / f"compare-{_slug(spec)}"))
+        done = ctx.on_main(lambda: _finished_summary(sub)) if continued else None
+        other = done if done is not None else run(sub, quiet=quiet)
+        results.append({"cell": spec, **_headline(other)})
+    summary["comparison"] = results
+    if ctx.is_main:
+        atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
+    if not quiet and ctx.is_main:
+        print(comparison_table(results), flush=True)
     return summary
+
+
+def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of the finished training in ``config.out`` with the same settings, or None."""
+    out = Path(config.out)
+    try:
+        summary = json.loads((out / FINISHED).read_text())
+        saved = json.loads((out / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same = isinstance(summary, dict) and not settings_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+    return summary if same else None
 
 
 def _finite(value: float) -> float | None:

@@ -122,6 +122,27 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "other settings" in err and "layers: 3 -> 5" in err and "--overwrite" in err
     assert epochs_done(out) == 1  # nothing lost
+    # With --overwrite the run that cannot be resumed is replaced.
+    assert search_main([*changed, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    assert "cannot be resumed with these settings, so the search starts afresh" in (out / "log.txt").read_text()
+    assert json.loads((out / "config.json").read_text())["config"]["layers"] == 5
+    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+
+
+def test_same_command_with_overwrite_resumes_an_unfinished_run(tmp_path, reference):
+    # --overwrite replaces a finished run, never an interrupted one with the same settings: the
+    # README's quick start has it, and "run the same command again" must still resume.
+    out = tmp_path / "run"
+    process = start(out, "--overwrite")
+    kill_when(process, lambda: (out / "checkpoint-epoch0001.pt").exists())
+    assert search_main([*ARGS, "--out", str(out), "--overwrite"]) == 0
+    log = (out / "log.txt").read_text()
+    assert "--overwrite replaces finished runs only" in log and "resuming" in log
+    assert_same_run(reference, out)
+    # Finished: now the same command replaces it (log included), with the same result.
+    assert search_main([*ARGS, "--out", str(out), "--overwrite"]) == 0
+    assert "resuming" not in (out / "log.txt").read_text()
+    assert_same_run(reference, out)
 
 
 def test_checkpoint_holds_every_random_state(reference):
@@ -181,6 +202,14 @@ def logged(out: Path, text: str) -> bool:
     return path.exists() and text in path.read_text()
 
 
+def wait_for_log(process: subprocess.Popen, out: Path, text: str, timeout: float) -> None:
+    """Wait until ``text`` appears in ``out``'s log while ``process`` runs."""
+    deadline = time.monotonic() + timeout
+    while not logged(out, text):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+
+
 def no_temporaries(out: Path) -> bool:
     return not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -193,10 +222,7 @@ def wait_for_exit(process: subprocess.Popen, timeout: float = 60.0) -> tuple[int
 def test_sigint_stops_after_the_step_and_resume_flag_continues(tmp_path, reference, capsys):
     out = tmp_path / "run"
     process = start(out, "--report-every", "1")
-    deadline = time.monotonic() + 120
-    while not logged(out, "epoch 1 step 1/4"):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for_log(process, out, "epoch 1 step 1/4", timeout=120)
     process.send_signal(signal.SIGINT)
     code, err = wait_for_exit(process)
     assert code == 130, err
@@ -211,11 +237,9 @@ def test_sigint_stops_after_the_step_and_resume_flag_continues(tmp_path, referen
 
 def test_sigterm_stops_a_retraining_and_resume_flag_continues(tmp_path, train_reference):
     out = tmp_path / "run"
-    process = start(out, "--report-every", "1", script="train_final.py", args=TRAIN_ARGS)
-    deadline = time.monotonic() + 120
-    while not logged(out, "epoch 1 step 2/4"):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    # Started with --overwrite, which --resume must not apply again (it would clear the run).
+    process = start(out, "--report-every", "1", "--overwrite", script="train_final.py", args=TRAIN_ARGS)
+    wait_for_log(process, out, "epoch 1 step 2/4", timeout=120)
     process.send_signal(signal.SIGTERM)
     code, err = wait_for_exit(process)
     assert code == 143, err
@@ -223,6 +247,31 @@ def test_sigterm_stops_a_retraining_and_resume_flag_continues(tmp_path, train_re
     assert load_checkpoint(numbered_checkpoints(out)[0])["step"] >= 2
     assert train_main(["--resume", str(out), "--quiet"]) == 0
     assert_same_training(train_reference, out)
+
+
+def test_stop_while_comparing_continues_the_comparison(tmp_path, train_reference):
+    # --compare trains the cell, writes metrics.json, then trains each compared cell: a stop in
+    # the latter must not leave a run that neither the same command nor --resume can continue.
+    from darts_nas.cli import comparison_pending
+
+    out = tmp_path / "run"
+    args = [a if a != "darts_v2" else "darts_v1" for a in TRAIN_ARGS] + ["--compare", "darts_v2"]
+    process = start(out, "--report-every", "1", script="train_final.py", args=args)
+    sub = out / "compare-darts_v2"
+    wait_for_log(process, sub, "epoch 1 step 2/4", timeout=180)
+    process.send_signal(signal.SIGINT)
+    code, err = wait_for_exit(process)
+    assert code == 130, err
+    assert "comparison" not in json.loads((out / "metrics.json").read_text())
+    assert comparison_pending(out, json.loads((out / "config.json").read_text())["config"], "metrics.json")
+    trained = (out / "metrics.jsonl").read_text()
+
+    assert train_main([*args, "--out", str(out)]) == 0  # the same command
+    assert (out / "metrics.jsonl").read_text() == trained  # darts_v1 was not trained again
+    assert "continuing its comparison" in (out / "log.txt").read_text()
+    summary = json.loads((out / "metrics.json").read_text())
+    assert [r["cell"] for r in summary["comparison"]] == ["darts_v1", "darts_v2"]
+    assert_same_training(train_reference, sub)  # resumed inside its first epoch, bit-identical
 
 
 # Runs a script with os.replace slowed down for the checkpoint named in $BLOCK_CHECKPOINT: it
@@ -270,11 +319,9 @@ def test_second_signal_while_stopping_exits_at_once(tmp_path):
     out = tmp_path / "run"
     wrapper, env, marker = slow_writer(tmp_path, "-step")  # only the stop's checkpoint is inside an epoch
     process = start(out, "--report-every", "1", wrapper=wrapper, env=env)
-    deadline = time.monotonic() + 120
-    while not logged(out, "epoch 1 step 1/4"):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for_log(process, out, "epoch 1 step 1/4", timeout=120)
     process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 120
     while not marker.exists():  # stopping: its checkpoint is being written
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
