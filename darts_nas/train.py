@@ -344,6 +344,9 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                     report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
                     progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
                     dist=ctx.sync)
+                # The last step's update may poison the weights after a finite loss: stop before
+                # anything of this epoch is written.
+                check_finite_state(model, epoch, metrics["steps"])
             except NonFiniteLossError as exc:
                 newest = next(iter(numbered_checkpoints(out)), None)
                 raise NonFiniteLossError(non_finite_message(

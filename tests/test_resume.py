@@ -401,6 +401,33 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, capsys, monkey
     assert json.loads((out / "config.json").read_text())["config"]["learning_rate"] == 0.0025
 
 
+@pytest.mark.parametrize("script", ["search", "train"])
+def test_weights_poisoned_by_an_epochs_last_step_stop_before_its_records(tmp_path, capsys, monkeypatch, script):
+    # The loss of the last step was finite, but its update made the weights infinite.
+    import darts_nas.search as search_module
+    import darts_nas.train as train_module
+
+    module, name = (search_module, "search_one_epoch") if script == "search" else (train_module, "train_one_epoch")
+    real = getattr(module, name)
+
+    def poisoning(model, *args, **kwargs):
+        metrics = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("inf"))
+        return metrics
+
+    monkeypatch.setattr(module, name, poisoning)
+    out = tmp_path / "run"
+    main, args = (search_main, ARGS) if script == "search" else (train_main, TRAIN_ARGS)
+    assert main([*args, "--checkpoint-every", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "became non-finite at epoch 1, step 4" in err
+    assert "checkpoint-epoch0001-step000002.pt is kept" in err and f"--resume {out} --learning-rate" in err
+    assert not (out / "metrics.jsonl").exists() or read_jsonl(out / "metrics.jsonl") == []
+    assert not (out / "history.jsonl").exists() or read_jsonl(out / "history.jsonl") == []
+    assert [p.name for p in numbered_checkpoints(out)] == ["checkpoint-epoch0001-step000002.pt"]
+
+
 def test_resume_flag_refuses_what_it_cannot_resume(tmp_path, reference, train_reference, capsys):
     def error(main, *argv):
         assert main(list(argv)) == 2
