@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,16 @@ class _Settings:
 
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
+
+
+def _check_finite(settings) -> None:
+    """NaN or infinity in a numeric setting: refused, before it reaches an optimizer (and
+    config.json, where NaN != NaN would make the run impossible to resume)."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def _check_checkpoint_intervals(settings) -> None:
@@ -108,12 +119,14 @@ class SearchConfig(_Settings):
         self.validate()
 
     def validate(self) -> None:
+        _check_finite(self)
         positive = ("init_channels", "layers", "nodes", "batch_size", "report_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.epochs < 0:
-            raise ConfigError(f"--epochs must be 0 or more, got {self.epochs}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (a search of 0 epochs would derive its genotype from "
+                              f"untrained alphas), got {self.epochs}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -224,6 +237,7 @@ class TrainConfig(_Settings):
         return cls.from_dict(settings)
 
     def validate(self) -> None:
+        _check_finite(self)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; valid protocols are: {', '.join(PROTOCOLS)}")
         for name in ("init_channels", "layers", "batch_size", "report_every", "keep_checkpoints"):
