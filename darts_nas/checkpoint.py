@@ -151,12 +151,21 @@ def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], kee
 def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.device = "cpu",
                       kind: str | None = None) -> dict[str, Any] | None:
     """The newest numbered checkpoint that loads; a corrupt one is skipped with a one-line
-    warning (the previous one is used). None when the run has no checkpoint yet. With ``kind``,
+    warning (the previous one is used), and a run none of whose checkpoints loads is refused.
+    None when the run has no checkpoint yet. With ``kind``,
     a checkpoint of another kind of run (a retraining's in a search directory) is refused."""
-    for path in numbered_checkpoints(out):
+    paths = numbered_checkpoints(out)
+    for path in paths:
         try:
             state = load_checkpoint(path, map_location)
+            if not isinstance(state.get("epoch"), int):
+                raise CheckpointError(f"checkpoint {path} is incomplete (it records no epoch)")
         except CheckpointError as exc:
+            if path == paths[-1]:
+                # Starting afresh would throw away the run's history with its (perhaps recoverable) files.
+                raise CheckpointError(
+                    f"none of the {len(paths)} checkpoint(s) in {out} can be read (the oldest: {exc}): pass "
+                    f"--overwrite to start the run afresh, or choose another --out") from None
             warn(f"warning: {exc}; falling back to the previous checkpoint")
             continue
         if kind is not None and state.get("kind") != kind:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -72,6 +73,19 @@ def settings_differences(saved: dict[str, Any], current: dict[str, Any], ignore:
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
+def _other_kind_of_run(path: Path, kind: str) -> str | None:
+    """'search (train_search.py)' or 'training run (train_final.py)' when ``path`` holds a run of
+    the other script than ``kind`` ('search' or 'train'), judged by its config.json; else None."""
+    try:
+        saved = json.loads((path / "config.json").read_text())["config"]
+        theirs = "train" if "cell" in saved else "search"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if theirs == kind:
+        return None
+    return "search (train_search.py)" if theirs == "search" else "training run (train_final.py)"
+
+
 def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
                     owned_files: tuple[str, ...], finished_marker: str = FINISHED_MARKER,
                     allow_unfinished: bool = False) -> Path:
@@ -88,6 +102,11 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory: choose another --out")
+    other = _other_kind_of_run(path, kind)
+    if other is not None:
+        # Never replaced, --overwrite or not: the two scripts own different files, and clearing
+        # one's would leave a directory mixing both.
+        raise RunDirError(f"{path} holds a {other}: choose another --out (--overwrite replaces only a {'search' if kind == 'search' else 'training run'})")
     if path.is_dir() and not overwrite:
         if (path / finished_marker).exists():
             raise RunDirError(f"{path} already holds a finished {kind} run: choose another --out, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -105,6 +106,30 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
     log = (out / "log.txt").read_text()
     assert "falling back to the previous checkpoint" in log
     assert_same_run(reference, out)
+
+
+def test_every_checkpoint_unreadable_is_refused_not_restarted(tmp_path, reference, capsys):
+    # Starting afresh would silently replace the run's history: only --overwrite may.
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "summary.json").unlink()  # an unfinished run
+    for path in numbered_checkpoints(out):
+        path.write_bytes(path.read_bytes()[:100])
+    (out / "checkpoint-epoch0001.pt").write_bytes(save_and_read({"format_version": 2, "kind": "search"}))
+    metrics = (out / "metrics.jsonl").read_text()
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "none of the 3 checkpoint(s)" in err and "records no epoch" in err
+    assert "--overwrite to start the run afresh" in err
+    assert (out / "metrics.jsonl").read_text() == metrics and len(numbered_checkpoints(out)) == 3
+    assert search_main([*ARGS, "--out", str(out), "--overwrite"]) == 0  # now it starts afresh
+    assert_same_run(reference, out)
+
+
+def save_and_read(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def test_only_the_newest_checkpoints_are_kept(reference):
@@ -469,6 +494,20 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, reference, train_ref
     assert search_main([*ARGS, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "does not fit this search (" in err and "alphas_normal" in err
+
+
+def test_a_run_of_the_other_script_is_never_replaced(tmp_path, reference, train_reference, capsys):
+    # Its files differ: clearing this script's would leave a directory mixing both runs.
+    for main, args, theirs, name in [(train_main, TRAIN_ARGS, reference, "search (train_search.py)"),
+                                     (search_main, ARGS, train_reference, "training run (train_final.py)")]:
+        out = tmp_path / theirs.parent.name
+        shutil.copytree(theirs, out)
+        before = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+        for extra in ([], ["--overwrite"]):
+            assert main([*args, "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and f"{out} holds a {name}: choose another --out" in err
+        assert sorted((p.name, p.stat().st_size) for p in out.iterdir()) == before
 
 
 def test_checkpoint_intervals_are_validated_and_may_change(tmp_path, capsys):
