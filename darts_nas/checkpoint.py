@@ -192,6 +192,8 @@ def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set
         return None
     try:
         saved = json.loads(config_file.read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError("the settings are not a JSON object")
     except (ValueError, KeyError, TypeError):
         raise RunDirError(f"{config_file} is unreadable, so the unfinished {title} in {out} cannot be "
                           f"resumed: pass --overwrite to start again, or choose another --out") from None

@@ -231,6 +231,8 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
         raise ConfigError(f"--resume {path} is the run directory: leave out --out {from_flags.out}")
     try:
         saved: dict[str, Any] = json.loads((path / "config.json").read_text())["config"]
+        if not isinstance(saved, dict):
+            raise TypeError("the settings are not a JSON object")
     except FileNotFoundError:
         raise RunDirError(f"--resume {path}: the directory holds no run (no config.json): give the --out directory "
                           f"of an interrupted {title}") from None
@@ -255,7 +257,11 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     # "overwrite" as saved would be the first attempt's --overwrite: resuming never starts afresh.
     settings = {**saved, **{name: wanted[name] for name in given & set(wanted) & may_change}, "out": str(path),
                 "overwrite": False}
-    return type(from_flags).from_dict(settings)
+    try:
+        return type(from_flags).from_dict(settings)
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type in config.json
+        raise RunDirError(f"--resume {path}: its config.json holds a setting this version cannot use ({exc}): fix "
+                          f"the file, or start the run again with its command and --overwrite") from None
 
 
 def search_main(argv: Sequence[str] | None = None) -> int:

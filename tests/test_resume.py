@@ -126,6 +126,23 @@ def test_every_checkpoint_unreadable_is_refused_not_restarted(tmp_path, referenc
     assert_same_run(reference, out)
 
 
+def test_a_damaged_config_json_gets_one_line(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "summary.json").unlink()  # an unfinished run
+    for settings, message in [({"layers": "3"}, "holds a setting this version cannot use"),
+                              ("x", "is unreadable")]:
+        saved = json.loads((reference / "config.json").read_text())
+        saved["config"] = {**saved["config"], **settings} if isinstance(settings, dict) else settings
+        (out / "config.json").write_text(json.dumps(saved))
+        assert search_main(["--resume", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --resume ") and "\n" not in err and message in err, err
+        assert search_main([*ARGS, "--out", str(out)]) == 2  # the same command: refused, in one line
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "--overwrite" in err, err
+
+
 def save_and_read(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
