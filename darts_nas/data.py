@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import struct
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,7 @@ _READ_ERRORS = (
     EOFError,
     AssertionError,
     pickle.UnpicklingError,
+    struct.error,  # torch.load of a junk legacy MNIST processed/*.pt
 )
 
 

@@ -381,6 +381,15 @@ def test_corrupt_mnist_file(tmp_path):
         load_dataset("mnist", tmp_path, "train")
 
 
+def test_junk_legacy_mnist_processed_files(tmp_path):
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir(parents=True)
+    for name in ("training.pt", "test.pt"):
+        (processed / name).write_bytes(b"junk")  # too short for torch.load: struct.error
+    with pytest.raises(DataError, match="corrupted"):
+        load_dataset("mnist", tmp_path, "train")
+
+
 def test_folder_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
