@@ -32,7 +32,7 @@ from .genotype import Genotype, resolve
 from .network import NETWORKS, check_image_size, count_auxiliary_parameters, count_multiply_adds, count_parameters
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
-from .runtime import environment, prepare_run_dir, seed_everything, settings_differences
+from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything, settings_differences
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard
 
 FINISHED = "metrics.json"
@@ -130,6 +130,7 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
                                               FINISHED, allow_unfinished=True))
     config = config.replace(out=str(out))
     log = ctx.run_log(out, quiet=quiet)
+    warn_if_unfinished_search(config.cell, log.info)
     try:
         ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
@@ -152,6 +153,19 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
     finally:
         log.close()
     return _compare(config, summary, compare, quiet, ctx) if compare else summary
+
+
+def warn_if_unfinished_search(cell: str, log) -> None:
+    """A --cell that names the directory of a search still running (or stopped) gets the genotype
+    of its last finished epoch: say so."""
+    path = Path(cell).expanduser()
+    if path.is_dir() and (path / "genotype.json").is_file() and not (path / FINISHED_MARKER).exists():
+        try:
+            epochs = sum(1 for line in (path / "history.jsonl").read_text().splitlines() if line.strip())
+        except OSError:
+            epochs = "?"
+        log(f"warning: {cell} holds an unfinished search: its genotype.json is the one derived after epoch "
+            f"{epochs}, not the search's final genotype")
 
 
 def interrupted_comparison(config: TrainConfig) -> dict[str, Any] | None:

@@ -126,9 +126,16 @@ def test_trains_a_searched_genotype_from_its_run_directory(tmp_path):
     run = tmp_path / "search"
     run.mkdir()
     load_cell("pdarts").save(run / "genotype.json")
+    (run / "history.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')  # a search stopped after 2 epochs
     code = train_main(["--cell", str(run), *TINY, "--epochs", "0", "--out", str(tmp_path / "t")])
     assert code == 0
     assert Genotype.load(tmp_path / "t" / "genotype.json") == load_cell("pdarts")
+    log = (tmp_path / "t" / "log.txt").read_text()
+    assert f"warning: {run} holds an unfinished search: its genotype.json is the one derived after epoch 2" in log
+
+    (run / "summary.json").write_text("{}")  # finished: no warning
+    assert train_main(["--cell", str(run), *TINY, "--epochs", "0", "--out", str(tmp_path / "u")]) == 0
+    assert "warning" not in (tmp_path / "u" / "log.txt").read_text()
 
 
 BAD_CELLS = {
