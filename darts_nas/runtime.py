@@ -106,7 +106,8 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
     if other is not None:
         # Never replaced, --overwrite or not: the two scripts own different files, and clearing
         # one's would leave a directory mixing both.
-        raise RunDirError(f"{path} holds a {other}: choose another --out (--overwrite replaces only a {'search' if kind == 'search' else 'training run'})")
+        mine = "search" if kind == "search" else "training run"
+        raise RunDirError(f"{path} holds a {other}: choose another --out (--overwrite replaces only a {mine})")
     if path.is_dir() and not overwrite:
         if (path / finished_marker).exists():
             raise RunDirError(f"{path} already holds a finished {kind} run: choose another --out, "
