@@ -19,6 +19,7 @@ report (REFERENCE section 6).
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, Sequence
 
 import torch
@@ -252,6 +253,30 @@ def check_image_size(image_size: int, network: str, layers: int) -> None:
             f"{image_size}x{image_size} images are too small for the {network} network with {layers} cells: "
             f"its {halvings} stride-2 stages need images of at least {minimum}x{minimum}; use larger images "
             f"(--image-size {minimum} or more for a folder or imagenet dataset)")
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_stem_fits_in_memory(image_size: int, batch_size: int, network: str, C: int) -> None:
+    """Refuse a size no machine here could train: the stem's output for one batch, float32, the
+    first of the many activations of a step, must fit in this machine's RAM (where the data
+    loader builds every batch, GPU or not). Otherwise the OS kills the process with no message."""
+    if network == "imagenet":  # stem0: stride-2 conv to C // 2 channels
+        channels, side = max(C // 2, 1), -(-image_size // 2)
+    else:  # the CIFAR network's and the search supernet's 3x3 stem to 3 * C channels
+        channels, side = 3 * C, image_size
+    needed, total = batch_size * channels * side * side * 4, physical_memory()
+    if total and needed > total:
+        raise ConfigError(
+            f"{image_size}x{image_size} images cannot be trained here: the stem's output for one batch of "
+            f"{batch_size} ({channels} channels, float32) alone takes {needed / 2**30:,.1f} GiB, more than this "
+            f"machine's {total / 2**30:,.1f} GiB of memory; use a smaller --image-size or --batch-size")
 
 
 class _Network(nn.Module):

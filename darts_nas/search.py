@@ -27,7 +27,7 @@ from .device_data import search_data_on_device, use_device_data
 from .distributed import Distributed, session
 from .engine import EpochProgress, NonFiniteLossError, evaluate, search_one_epoch
 from .errors import CheckpointError, ConfigError
-from .network import check_image_size
+from .network import check_image_size, check_stem_fits_in_memory
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
@@ -88,6 +88,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
 
     data = ctx.local_main_first(load) if config.download else load()  # one download per node
     check_image_size(data.info.image_size, "search", config.layers)
+    check_stem_fits_in_memory(data.info.image_size, config.batch_size, "search", config.init_channels)
     data = ctx.shard_search_data(data, config.batch_size)
     if not ctx.is_distributed and use_device_data(config.gpu_data, device, data.info):
         data = search_data_on_device(data, device)

@@ -29,7 +29,8 @@ from .errors import CheckpointError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
 from .genotype import Genotype, resolve
-from .network import NETWORKS, check_image_size, count_auxiliary_parameters, count_multiply_adds, count_parameters
+from .network import (NETWORKS, check_image_size, check_stem_fits_in_memory, count_auxiliary_parameters,
+                      count_multiply_adds, count_parameters)
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything, settings_differences
@@ -122,6 +123,8 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
         data = ctx.local_main_first(load) if config.download else load()  # one download per node
         info = data.info
     check_image_size(info.image_size, config.network, config.layers)
+    if config.epochs > 0:
+        check_stem_fits_in_memory(info.image_size, config.batch_size, config.network, config.init_channels)
     if data is not None:
         data = ctx.shard_train_data(data, config.batch_size)
         if not ctx.is_distributed and use_device_data(config.gpu_data, device, info):

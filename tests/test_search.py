@@ -14,6 +14,7 @@ import torch
 
 from darts_nas.checkpoint import load_checkpoint
 from darts_nas.cli import build_search_parser, search_config_from_args, search_main
+from darts_nas.errors import ConfigError
 from darts_nas.genotype import Genotype, derive
 from darts_nas.tracking import read_jsonl
 
@@ -281,6 +282,28 @@ def test_bad_data_gives_one_line_error_and_writes_nothing(tmp_path, capsys, make
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not out.exists()
+
+
+def test_images_too_large_for_this_machine_are_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    # Otherwise the first batch gets the process killed by the OS, with no message.
+    import darts_nas.network as network
+
+    monkeypatch.setattr(network, "physical_memory", lambda: 64 * 2**20)  # a 64 MiB machine
+    write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
+    folder = ["--dataset", "folder", "--data", str(tmp_path / "data"), "--batch-size", "4"]
+    code, out = search(tmp_path, *folder, "--image-size", "1000")
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "1000x1000 images cannot be trained here" in err
+    assert "(12 channels, float32) alone takes 0.2 GiB, more than this machine's 0.1 GiB" in err
+    assert not (out / "config.json").exists()
+    code, _ = search(tmp_path, *folder, "--image-size", "16", "--epochs", "1", name="small")
+    assert code == 0
+
+    # The ImageNet network's stem halves the size into C // 2 channels.
+    network.check_stem_fits_in_memory(1000, 4, "imagenet", 24)  # 4 x 12 x 500^2 x 4 B = 46 MiB: fits
+    with pytest.raises(ConfigError, match="12 channels"):
+        network.check_stem_fits_in_memory(1200, 4, "imagenet", 24)  # 66 MiB
 
 
 def test_output_below_a_regular_file_is_refused(tmp_path, capsys):
