@@ -88,7 +88,8 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
 
     data = ctx.local_main_first(load) if config.download else load()  # one download per node
     check_image_size(data.info.image_size, "search", config.layers)
-    check_stem_fits_in_memory(data.info.image_size, config.batch_size, "search", config.init_channels)
+    check_stem_fits_in_memory(data.info.image_size, max(config.batch_size // ctx.world_size, 1), "search",
+                              config.init_channels)  # per process under torchrun
     data = ctx.shard_search_data(data, config.batch_size)
     if not ctx.is_distributed and use_device_data(config.gpu_data, device, data.info):
         data = search_data_on_device(data, device)

@@ -124,7 +124,8 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
         info = data.info
     check_image_size(info.image_size, config.network, config.layers)
     if config.epochs > 0:
-        check_stem_fits_in_memory(info.image_size, config.batch_size, config.network, config.init_channels)
+        check_stem_fits_in_memory(info.image_size, max(config.batch_size // ctx.world_size, 1), config.network,
+                                  config.init_channels)  # per process under torchrun
     if data is not None:
         data = ctx.shard_train_data(data, config.batch_size)
         if not ctx.is_distributed and use_device_data(config.gpu_data, device, info):
