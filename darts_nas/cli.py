@@ -218,6 +218,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     given alongside ``--resume`` applied where they may change. Refuses, with the fix, a directory
     that holds nothing to resume."""
     from .checkpoint import numbered_checkpoints
+    from .runtime import run_kind
 
     title, script = ("search", "train_search.py") if kind == "search" else ("training run", "train_final.py")
     other_title, other_script = (("training run", "train_final.py") if kind == "search"
@@ -239,7 +240,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     except (ValueError, KeyError, TypeError, OSError):
         raise RunDirError(f"--resume {path}: its config.json is unreadable, so the run cannot be resumed: start it "
                           f"again with its command and --overwrite") from None
-    if ("cell" in saved) != (kind == "train"):
+    if run_kind(saved) != kind:
         raise RunDirError(f"--resume {path}: it holds a {other_title}, not a {title}: resume it with "
                           f"{other_script} --resume {path}")
     if (path / finished).exists() and not comparison_pending(path, saved, finished):

@@ -73,12 +73,16 @@ def settings_differences(saved: dict[str, Any], current: dict[str, Any], ignore:
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
+def run_kind(settings: dict[str, Any]) -> str:
+    """'train' or 'search': which script's settings (a config.json's "config") these are."""
+    return "train" if "cell" in settings else "search"
+
+
 def _other_kind_of_run(path: Path, kind: str) -> str | None:
     """'search (train_search.py)' or 'training run (train_final.py)' when ``path`` holds a run of
     the other script than ``kind`` ('search' or 'train'), judged by its config.json; else None."""
     try:
-        saved = json.loads((path / "config.json").read_text())["config"]
-        theirs = "train" if "cell" in saved else "search"
+        theirs = run_kind(json.loads((path / "config.json").read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if theirs == kind:

@@ -209,7 +209,8 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
         saved = json.loads((out / "config.json").read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    same = isinstance(summary, dict) and not settings_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+    same = (isinstance(summary, dict) and isinstance(saved, dict)
+            and not settings_differences(saved, config.to_dict(), RESUMABLE_CHANGES))
     return summary if same else None
 
 
