@@ -12,8 +12,9 @@ buffers, so the network is never copied or rebuilt and, after a step, the real w
 BatchNorm buffer are bit-identical to before. Only the gradients a formula needs are computed:
 the first-order step never materialises weight gradients.
 
-Search methods register in :data:`METHODS`; a later method (GDAS, random search with weight
-sharing) plugs in there with its own architect class.
+The architect serves every method of :mod:`darts_nas.methods` that trains its architecture
+parameters by gradient: it updates whatever ``model.arch_parameters()`` holds (alphas, PC-DARTS's
+betas), and adds the method's regulariser, if any, to the architecture loss.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .registry import Registry
 from .supernet import Supernet
-
-METHODS: Registry = Registry("search method")
 
 Batch = Sequence[torch.Tensor]  # (images (B, C, H, W), labels (B,))
 
@@ -40,7 +38,6 @@ def _grads(loss: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Te
     return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
 
 
-@METHODS.register("darts")
 class Architect:
     """Updates the supernet's alphas with Adam from first- or second-order hypergradients.
 
@@ -57,8 +54,12 @@ class Architect:
     def __init__(self, model: Supernet, w_optimizer: torch.optim.SGD, lr: float = 3e-4,
                  betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
                  unrolled: bool = False, hessian_r: float = 1e-2,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 regulariser: Callable[[Supernet], torch.Tensor | None] | None = None) -> None:
         self.model = model
+        # A method's extra term of the architecture loss (a function of the architecture
+        # parameters only), added to the validation loss whose gradient the step follows.
+        self.regulariser = regulariser
         # Context of the forward passes (bf16 autocast with --amp); the finite-difference
         # Hessian-vector product runs in float32 regardless.
         self.autocast = autocast
@@ -91,9 +92,14 @@ class Architect:
     def _averaged(self, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         return list(grads) if self.average_gradients is None else self.average_gradients(grads)
 
+    def _with_regulariser(self, loss: torch.Tensor) -> torch.Tensor:
+        term = None if self.regulariser is None else self.regulariser(self.model)
+        return loss if term is None else loss + term
+
     def first_order_grad(self, val_batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         loss, logits = self.loss(val_batch)
-        return self._averaged(_grads(loss, self.model.arch_parameters())), loss.detach(), logits.detach()
+        grads = _grads(self._with_regulariser(loss), self.model.arch_parameters())
+        return self._averaged(grads), loss.detach(), logits.detach()
 
     def virtual_step(self, train_batch: Batch, xi: float) -> list[torch.Tensor]:
         """w' = w - xi * (momentum * v + grad_w L_train(w, a) + wd * w), detached."""
@@ -136,7 +142,7 @@ class Architect:
         virtual = [w.requires_grad_(True) for w in self.virtual_step(train_batch, xi)]
         loss, logits = self.loss(val_batch, virtual)
         # grad_w' is averaged with grad_alpha, before eps and w+- are derived from it.
-        grads = self._averaged(_grads(loss, alphas + virtual))
+        grads = self._averaged(_grads(self._with_regulariser(loss), alphas + virtual))
         d_alpha, d_virtual = grads[: len(alphas)], grads[len(alphas):]
         del virtual, grads
         implicit = self._averaged(self.hessian_vector_product(d_virtual, train_batch))

@@ -56,7 +56,12 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="comma-separated candidate ops of every edge, in alpha column order")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--method", default=d.method, help="search method (registered: darts)")
+    g.add_argument("--method", default=d.method,
+                   help="search method: darts (softmax over every op), pc-darts (partial channels and edge "
+                        "normalisation), gdas (one Gumbel-sampled op per edge)")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas; "
+                        "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
                    help="batch size of each half (weights and architecture); under torchrun the global batch, "
@@ -76,6 +81,20 @@ def build_search_parser() -> argparse.ArgumentParser:
                    default=d.arch_weight_decay, help="Adam weight decay of the alphas")
     g.add_argument("--unrolled", action="store_true",
                    help="second-order architecture gradient (one unrolled virtual SGD step); first order otherwise")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for the weights' SGD (GDAS's protocol)")
+    g.add_argument("--arch-warmup-epochs", type=int, default=d.arch_warmup_epochs, metavar="N",
+                   help="train only the weights for the first N epochs, then start the architecture steps "
+                        "(PC-DARTS's protocol uses 15)")
+
+    g = p.add_argument_group("method settings (each read by the method named)")
+    g.add_argument("--partial-channels", type=int, default=d.partial_channels, metavar="K",
+                   help="pc-darts: 1/K of each edge's channels go through its mixed op, the rest bypass it; "
+                        "K must divide --init-channels")
+    g.add_argument("--no-edge-normalization", action="store_true",
+                   help="pc-darts: no betas; a node sums its edges plainly")
+    g.add_argument("--tau-max", type=float, default=d.tau_max,
+                   help="gdas: Gumbel-softmax temperature at the first epoch, falling linearly to --tau-min")
+    g.add_argument("--tau-min", type=float, default=d.tau_min, help="gdas: temperature at the last epoch")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling)")
@@ -116,9 +135,11 @@ def _add_resume_flags(g, script: str) -> None:
                         f"checkpoint; `{script} --resume RUN_DIR` or the same command continues it")
 
 
-def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
+def search_config_from_args(args: argparse.Namespace, given: set[str] | None = None) -> SearchConfig:
+    """The settings of the flags; with ``--preset``, the preset's settings replace those of the
+    flags not ``given`` on the command line (all of them when ``given`` is None)."""
     ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
-    return SearchConfig(
+    settings = dict(
         dataset=args.dataset, data=args.data, download=args.download, image_size=args.image_size,
         train_portion=args.train_portion, workers=args.workers, space=args.space,
         init_channels=args.init_channels, layers=args.layers, nodes=args.nodes, primitives=ops,
@@ -126,12 +147,38 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         learning_rate=args.learning_rate, learning_rate_min=args.learning_rate_min,
         momentum=args.momentum, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         arch_learning_rate=args.arch_learning_rate, arch_weight_decay=args.arch_weight_decay,
-        unrolled=args.unrolled, seed=args.seed, device=args.device, out=args.out,
+        unrolled=args.unrolled, nesterov=args.nesterov, arch_warmup_epochs=args.arch_warmup_epochs,
+        partial_channels=args.partial_channels, edge_normalization=not args.no_edge_normalization,
+        tau_max=args.tau_max, tau_min=args.tau_min, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         **_speed_settings(args),
     )
+    if getattr(args, "preset", None):
+        from .config import load_preset
+
+        preset = load_preset(args.preset)
+        given = given or set()
+        settings.update({k: v for k, v in preset["settings"].items() if k not in given})
+        settings["preset"] = preset["name"]
+    return SearchConfig(**settings)
+
+
+def describe_presets() -> str:
+    """``--preset list``: one block per preset (name, method, what it sets, its published result)."""
+    from .config import list_presets, load_preset
+
+    blocks = []
+    for name in list_presets():
+        p = load_preset(name)
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(p["settings"].items()))
+        pub = p.get("published") or {}
+        published = (f"\n  published: {pub.get('test_error')}% test error on {pub.get('dataset')}, "
+                     f"{pub.get('params_m')} M params ({pub.get('source')})") if pub else ""
+        blocks.append(f"{name} (--method {p['method']}): {p.get('description', '')}\n  sets: {settings}"
+                      f"\n  source: {p.get('source', '')}{published}")
+    return "\n".join(blocks)
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, search: bool = False) -> None:
@@ -190,7 +237,7 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
 
 
 # Flags whose destination is not the config field of the same name.
-_FIELD_OF_FLAG = {"ops": "primitives", "no_tensorboard": "tensorboard"}
+_FIELD_OF_FLAG = {"ops": "primitives", "no_tensorboard": "tensorboard", "no_edge_normalization": "edge_normalization"}
 
 
 def _given_flags(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> set[str]:
@@ -267,11 +314,17 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
 
 def search_main(argv: Sequence[str] | None = None) -> int:
     args = build_search_parser().parse_args(argv)
+    if args.preset is not None and args.preset.strip().lower() == "list":
+        print(describe_presets())
+        return 0
     from .search import RESUMABLE_CHANGES, RESUME_LEARNING_RATES, run  # imported here so --help stays fast
 
-    if args.resume is None:
-        return _run(run, lambda: search_config_from_args(args), args.quiet)
     given = _given_flags(build_search_parser, argv)
+    if args.resume is None:
+        return _run(run, lambda: search_config_from_args(args, given), args.quiet)
+    if args.preset is not None:
+        print_error("--resume continues a run with its recorded settings: leave out --preset")
+        return 2
     return _run(run, lambda: resumed_config(args.resume, "search", given, search_config_from_args(args),
                                             "summary.json", RESUMABLE_CHANGES | RESUME_LEARNING_RATES),
                 args.quiet, resume_only=True)

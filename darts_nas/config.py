@@ -83,18 +83,26 @@ class SearchConfig(_Settings):
     nodes: int = 4
     primitives: tuple[str, ...] = PRIMITIVES
     # optimisation
-    method: str = "darts"
+    method: str = "darts"  # darts_nas.methods.METHODS
+    preset: str | None = None  # the published protocol the settings started from (presets/)
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 0.025
     learning_rate_min: float = 0.001
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     arch_learning_rate: float = 3e-4
     arch_weight_decay: float = 1e-3
     arch_betas: tuple[float, float] = (0.5, 0.999)
     unrolled: bool = False
+    arch_warmup_epochs: int = 0  # epochs of weight training before the first architecture step
+    # method settings (read by the method that uses them; see darts_nas/methods/)
+    partial_channels: int = 4  # PC-DARTS: 1/K of an edge's channels go through its mixed op
+    edge_normalization: bool = True  # PC-DARTS: betas weigh each node's incoming edges
+    tau_max: float = 10.0  # GDAS: Gumbel-softmax temperature at the first epoch ...
+    tau_min: float = 0.1  # ... falling linearly to this at the last
     # run
     seed: int = 2
     device: str = "auto"
@@ -148,9 +156,74 @@ class SearchConfig(_Settings):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if len(self.primitives) == 0:
             raise ConfigError("--ops needs at least one candidate op")
+        if not 0 <= self.arch_warmup_epochs < self.epochs:
+            raise ConfigError(f"--arch-warmup-epochs {self.arch_warmup_epochs} leaves no epoch of architecture "
+                              f"updates in a search of {self.epochs} epochs: use 0 to {self.epochs - 1}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov needs a positive --momentum")
+        if self.nesterov and self.unrolled:
+            raise ConfigError("--unrolled takes its virtual step with plain momentum SGD, not Nesterov's: drop "
+                              "--nesterov or --unrolled")
 
 
 
+
+
+# The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
+# Named here so that --help and argument checks need no torch import.
+METHOD_NAMES = ("darts", "pc-darts", "gdas")
+
+# Settings added to SearchConfig after the first release, with the value that reproduces a run
+# started before they existed: a config.json without them compares equal to these.
+ADDED_SEARCH_SETTINGS: dict[str, Any] = {
+    "preset": None, "nesterov": False, "arch_warmup_epochs": 0, "partial_channels": 4,
+    "edge_normalization": True, "tau_max": 10.0, "tau_min": 0.1,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: published search protocols as data files (presets/*.json, package darts_nas.presets)
+# ---------------------------------------------------------------------------------------------
+
+def presets_dir():
+    """The directory of the preset files: the installed ``darts_nas.presets`` package, else the
+    repository's top-level ``presets/``."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    try:
+        found = Path(str(files("darts_nas.presets")))
+        if found.is_dir():
+            return found
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem.replace("_", "-") for p in presets_dir().glob("*.json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset ``name`` as a dict: ``method``, ``settings`` (SearchConfig fields), ``source``,
+    ``description`` and ``published`` (the published result of the protocol, with its source)."""
+    names = list_presets()
+    key = name.strip().lower().replace("_", "-")
+    if key not in names:
+        raise ConfigError(f"unknown preset {name!r}; valid presets are: {', '.join(names)} (--preset list shows them)")
+    path = presets_dir() / f"{key.replace('-', '_')}.json"
+    try:
+        preset = json.loads(path.read_text())
+        settings = preset["settings"]
+        if not isinstance(settings, dict):
+            raise TypeError("settings is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"preset file {path} is unreadable ({exc}): reinstall darts-nas") from None
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"preset {key} sets unknown settings {unknown}: reinstall darts-nas")
+    return {**preset, "name": key}
 
 
 # The paper's retraining protocols (REFERENCE section 4). Every entry can be overridden.

@@ -82,7 +82,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
                      log: Callable[[str], None] | None = None, start_step: int = 0,
                      progress: dict[str, Any] | None = None,
                      on_step: Callable[[EpochProgress], None] | None = None, speed=None,
-                     dist=None) -> dict[str, float]:
+                     dist=None, arch_update: bool = True) -> dict[str, float]:
     """One epoch of the alternating bilevel search.
 
     Per step (REFERENCE section 3): an architecture step on the next batch of the architecture
@@ -96,6 +96,8 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     :class:`darts_nas.accel.Speed`) sets autocast and the input memory format. Under torchrun
     ``dist`` (:class:`darts_nas.distributed.Distributed`) averages the weight gradients over the
     processes and sums the metrics; every process must then pass a ``log`` (or none) alike.
+    Without ``arch_update`` (the warm-up epochs of ``--arch-warmup-epochs``) only the weights
+    train: no architecture batch is drawn, and the architecture-half metrics are NaN.
     """
     model.train()
     weights = model.weights()
@@ -109,14 +111,16 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     step = start_step
     for step, batch in enumerate(islice(weight_loader, max(total - start_step, 0)), start=start_step + 1):
         x, y = _to(batch, device, speed)
-        xv, yv = _to(next(arch_batches), device, speed)
-        arch_out = architect.step((x, y), (xv, yv), xi)
+        if arch_update:
+            xv, yv = _to(next(arch_batches), device, speed)
+            arch_out = architect.step((x, y), (xv, yv), xi)
 
         w_optimizer.zero_grad(set_to_none=True)
         with _autocast(speed):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        _check_finite({"architecture": arch_out["loss"], "training": loss}, epoch, step)
+        _check_finite({"architecture": arch_out["loss"], "training": loss} if arch_update else {"training": loss},
+                      epoch, step)
         loss.backward(inputs=weights)
         if dist is not None:  # the gradient of the global batch, before clipping its norm
             dist.average_gradients(weights)
@@ -126,19 +130,22 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
 
         with torch.no_grad():
             n = y.numel()
-            sums += torch.stack([
-                loss.detach().double() * n,
-                (logits.argmax(1) == y).sum().double(),
-                arch_out["loss"].double() * yv.numel(),
-                (arch_out["logits"].argmax(1) == yv).sum().double(),
-            ])
+            if arch_update:
+                sums += torch.stack([
+                    loss.detach().double() * n,
+                    (logits.argmax(1) == y).sum().double(),
+                    arch_out["loss"].double() * yv.numel(),
+                    (arch_out["logits"].argmax(1) == yv).sum().double(),
+                ])
+            else:
+                sums[:2] += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
             seen += n
         if log is not None and (step % report_every == 0 or step == total):
             s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
+            arch = f"arch loss {s[2] / n:.4f}  arch acc {100 * s[3] / n:.2f}%  " if arch_update else ""
             log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / n:.4f}  acc {100 * s[1] / n:.2f}%  "
-                f"arch loss {s[2] / n:.4f}  arch acc {100 * s[3] / n:.2f}%  "
-                f"{elapsed / step:.3f} s/step")
+                f"{arch}{elapsed / step:.3f} s/step")
         if on_step is not None:
             on_step(EpochProgress(epoch, step, total, seen, sums, time.perf_counter() - start))
     s, seen = _totals(sums, seen, dist)
@@ -146,8 +153,8 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     return {
         "train_loss": s[0] / seen,
         "train_acc": 100.0 * s[1] / seen,
-        "arch_loss": s[2] / seen,
-        "arch_acc": 100.0 * s[3] / seen,
+        "arch_loss": s[2] / seen if arch_update else float("nan"),
+        "arch_acc": 100.0 * s[3] / seen if arch_update else float("nan"),
         "steps": step,
         "lr": xi,
         "epoch_time": time.perf_counter() - start,

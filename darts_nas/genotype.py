@@ -820,14 +820,20 @@ def _edge_weights(alphas: Any, num_ops: int, name: str) -> list[list[float]]:
 
 
 def derive_cell(
-    alphas: Any, primitives: Sequence[str] = PRIMITIVES, name: str = "alphas"
+    alphas: Any, primitives: Sequence[str] = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
 ) -> tuple[tuple[tuple[str, int], ...], int]:
     """Discretise one cell's alphas (num_edges, len(primitives)) into ``(pairs, steps)``.
 
-    See :func:`derive` for the rule.
+    See :func:`derive` for the rule. ``edge_scale`` (num_edges,) multiplies each edge's weights
+    before the edges are ranked (PC-DARTS's normalised betas); it cannot change an edge's op.
     """
     names = _check_primitives(primitives)
     weights = _edge_weights(alphas, len(names), name)
+    if edge_scale is not None:
+        scale = torch.as_tensor(edge_scale).detach().double().cpu().reshape(-1).tolist()
+        if len(scale) != len(weights):
+            raise GenotypeError(f"{name}: {len(scale)} edge weights for {len(weights)} edges")
+        weights = [[w * f for w in row] for row, f in zip(weights, scale)]
     steps = _steps_from_edges(len(weights), name)
     none = names.index("none") if "none" in names else None
     candidates = [k for k in range(len(names)) if k != none]
@@ -854,6 +860,7 @@ def derive(
     alphas_reduce: Any,
     primitives: Sequence[str] = PRIMITIVES,
     multiplier: int | None = None,
+    edge_scale: tuple[Any, Any] | None = None,
 ) -> Genotype:
     """The genotype that the original DARTS code derives from the searched alphas.
 
@@ -870,9 +877,13 @@ def derive(
     ``none`` weight is large is therefore ranked by its small leftover weights and tends to lose,
     and an edge never wins just because its ``none`` is strong. Without ``none`` among the
     primitives this is a plain argmax.
+
+    ``edge_scale`` (normal, reduce), each None or (num_edges,): factors of each edge's weights
+    for the ranking (PC-DARTS multiplies each edge's op weights by its normalised beta).
     """
-    pairs_normal, steps_normal = derive_cell(alphas_normal, primitives, "alphas_normal")
-    pairs_reduce, steps_reduce = derive_cell(alphas_reduce, primitives, "alphas_reduce")
+    scale_normal, scale_reduce = edge_scale if edge_scale is not None else (None, None)
+    pairs_normal, steps_normal = derive_cell(alphas_normal, primitives, "alphas_normal", scale_normal)
+    pairs_reduce, steps_reduce = derive_cell(alphas_reduce, primitives, "alphas_reduce", scale_reduce)
 
     def concat(steps: int) -> list[int]:
         m = steps if multiplier is None else _as_int(multiplier, "multiplier")

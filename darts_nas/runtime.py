@@ -68,7 +68,11 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def settings_differences(saved: dict[str, Any], current: dict[str, Any], ignore: set[str]) -> list[str]:
-    """``name: saved -> current`` for every setting that differs, except those in ``ignore``."""
+    """``name: saved -> current`` for every setting that differs, except those in ``ignore``. A
+    setting added after ``saved`` was written counts as its value that reproduces older runs."""
+    from .config import ADDED_SEARCH_SETTINGS
+
+    saved = {**{k: v for k, v in ADDED_SEARCH_SETTINGS.items() if k in current}, **saved}
     keys = sorted((set(saved) | set(current)) - ignore)
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 

@@ -1,4 +1,10 @@
-"""``run(config)``: a whole DARTS search, from data to the final genotype.
+"""``run(config)``: a whole search of any method (:mod:`darts_nas.methods`) in any space
+(:mod:`darts_nas.spaces`), from data to the final genotype.
+
+The loop names no method and no architecture parameter: it builds the space's supernet with the
+method, lets the method's architect step the architecture parameters, calls the method's
+per-epoch schedule, and checkpoints, records and shows whatever groups the supernet holds
+(``arch_groups()``) and whatever state the method keeps (``state_dict()``).
 
 The run directory receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
 ``history.jsonl`` (genotype and softmaxed alphas per epoch), ``genotype.json`` (the latest, and at
@@ -18,7 +24,6 @@ from typing import Any
 import torch
 
 from .accel import Speed, answer_out_of_memory
-from .architect import METHODS
 from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating, truncate_jsonl
 from .config import SearchConfig
 from .data import search_data, set_epoch
@@ -31,7 +36,8 @@ from .network import check_image_size, check_stem_fits_in_memory
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
-from .supernet import SEARCH_SPACES
+from .methods import METHODS
+from .spaces import SEARCH_SPACES
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
@@ -39,10 +45,17 @@ RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "
 
 
 def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
-    return {
-        "normal": torch.softmax(model.alphas_normal.detach().float().cpu(), -1).tolist(),
-        "reduce": torch.softmax(model.alphas_reduce.detach().float().cpu(), -1).tolist(),
-    }
+    """softmax(alpha) of each cell type: ``{"normal": (num_edges, num_ops), ...}``."""
+    return {t: torch.softmax(model.arch_group(f"alphas_{t}").detach().float().cpu(), -1).tolist()
+            for t in model.cell_types()}
+
+
+def arch_history(model) -> dict[str, Any]:
+    """The architecture parameters as history.jsonl records them: the softmaxed alphas, and the
+    method's view of its other groups (PC-DARTS's betas, softmaxed per node)."""
+    views = model.method.arch_views(model)
+    return {"alphas": softmaxed_alphas(model), **({"arch_views": {k: v.tolist() for k, v in views.items()}}
+                                                   if views else {})}
 
 
 # Settings that may change between a run and its resumption: where things are, how they are
@@ -76,7 +89,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     device = ctx.device
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     SEARCH_SPACES.get(config.space)
-    METHODS.get(config.method)
+    METHODS.get(config.method).check(config)
     check_distributed_settings(config, ctx)
     config = ctx.resume_instead_of_overwrite(config)
 
@@ -135,17 +148,17 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
 
 
 def build_search(config: SearchConfig, info, speed: Speed):
-    """The supernet (on the device, in the chosen format), its weights' SGD and the architect."""
+    """The supernet of the space built for the method (on the device, in the chosen format), its
+    weights' SGD and the method's architect. The method is ``model.method``."""
+    method = METHODS.get(config.method)(config)
     model = speed.prepare(SEARCH_SPACES.get(config.space)(
         C=config.init_channels, num_classes=info.num_classes, layers=config.layers,
-        steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives,
+        steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives, method=method,
     ))
     model.recompute = config.recompute
     w_optimizer = torch.optim.SGD(model.weights(), lr=config.learning_rate, momentum=config.momentum,
-                                  weight_decay=config.weight_decay)
-    architect = METHODS.get(config.method)(
-        model, w_optimizer, lr=config.arch_learning_rate, betas=config.arch_betas,
-        weight_decay=config.arch_weight_decay, unrolled=config.unrolled, autocast=speed.autocast)
+                                  weight_decay=config.weight_decay, nesterov=config.nesterov)
+    architect = method.make_architect(model, w_optimizer, autocast=speed.autocast)
     return model, w_optimizer, architect
 
 
@@ -174,6 +187,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     speed = speed or Speed(device)
     seed_everything(config.seed)
     model, w_optimizer, architect = build_search(config, info, speed)
+    method = model.method
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
     if ctx.is_distributed:  # gradients of the global batch, one model on every rank
@@ -188,6 +202,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             architect.optimizer.load_state_dict(resume["a_optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             data.arch_loader.load_state_dict(resume["arch_loader"])
+            method.load_state_dict(resume.get("method", {}))  # absent from checkpoints before methods
             ctx.restore_rng_states(resume, config.seed)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             raise CheckpointError(
@@ -211,8 +226,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
         }, indent=2, sort_keys=True))
-    order = "second order (unrolled)" if config.unrolled else "first order"
-    log.info(f"DARTS search, {order}, on {info.name} ({data.num_weight} weight / {data.num_arch} "
+    log.info(f"{method.describe()} search on {info.name} ({data.num_weight} weight / {data.num_arch} "
              f"architecture images, {info.in_channels}x{info.image_size}x{info.image_size}, "
              f"{info.num_classes} classes), {device} ({speed.describe()}, "
              f"{describe_loader(data.weight_loader)} data), "
@@ -241,7 +255,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
-            "arch_eval": arch_eval,
+            "arch_eval": arch_eval, "method": method.state_dict(),
         }
 
     checkpoints = StepCheckpoints(
@@ -252,13 +266,14 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     for epoch in range(start_epoch, config.epochs):
         set_epoch(data.weight_loader, epoch)
         resumed = resume is not None and epoch == start_epoch and start_step > 0
+        method.start_epoch(epoch, config.epochs)
         try:
             metrics = search_one_epoch(
                 model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
                 grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
                 report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
                 progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
-                dist=ctx.sync)
+                dist=ctx.sync, arch_update=epoch >= config.arch_warmup_epochs)
             # The last step's update may poison the weights after a finite loss: stop before
             # anything of this epoch is written.
             check_finite_state(model, epoch, metrics["steps"])
@@ -274,22 +289,23 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         genotype = model.genotype()
         ctx.check_replicas(model, genotype)
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
-                  "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
+                  "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
                   "elapsed": time.perf_counter() - start}
         log.append_jsonl("metrics.jsonl", record)
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
-                                           "primitives": list(config.primitives),
-                                           "alphas": softmaxed_alphas(model)})
+                                           "primitives": list(config.primitives), **arch_history(model)})
         if ctx.is_main:
             genotype.save(out / "genotype.json")
-        board.epoch(epoch + 1, record, {"normal": model.alphas_normal, "reduce": model.alphas_reduce},
-                    config.primitives, genotype)
+        board.epoch(epoch + 1, record, {t: model.arch_group(f"alphas_{t}") for t in model.cell_types()},
+                    config.primitives, genotype, views=method.arch_views(model), scalars=method.scalars())
         # Captured after the last draw of the epoch; every rank's random states (a collective).
         snapshot = state(epoch + 1)
         path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints))
         log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
-                 f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s")
+                 f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s"
+                 + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
+                 + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
         log.info(f"  genotype: {genotype}")
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
 
@@ -301,7 +317,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         genotype.save(out / "genotype.json")
         board.diagrams.write(genotype, out)
     summary = {
-        "finished": True, "epochs": config.epochs, "genotype": genotype.to_dict(),
+        "finished": True, "method": config.method, "epochs": config.epochs, "genotype": genotype.to_dict(),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out),
     }

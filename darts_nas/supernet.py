@@ -1,13 +1,16 @@
-"""The weight-sharing supernet of the DARTS search (REFERENCE section 1).
+"""The weight-sharing supernet of the DARTS search space (REFERENCE section 1).
 
 Every edge of a cell is a :class:`MixedOp`, ``o(x) = sum_k softmax(alpha)_k * op_k(x)``
-(Eq. 2 of the DARTS paper). The architecture parameters ``alphas_normal`` and
-``alphas_reduce`` (shape ``(num_edges, num_ops)``) are ``nn.Parameter``s of the supernet, so they
-are saved, moved and synchronised with it; :meth:`Supernet.arch_parameters` and
+(Eq. 2 of the DARTS paper). The architecture parameters are ``nn.Parameter``s of the supernet, so
+they are saved, moved and synchronised with it: ``alphas_normal`` and ``alphas_reduce`` (shape
+``(num_edges, num_ops)``) and whatever groups the search method adds (PC-DARTS's betas).
+:meth:`Supernet.arch_groups` names them; :meth:`Supernet.arch_parameters` and
 :meth:`Supernet.weights` partition :meth:`Supernet.parameters`.
 
-Search spaces register a builder in :data:`SEARCH_SPACES`; a new space (NAS-Bench-201, a
-partial-channel variant) plugs in there without touching this module's core.
+What varies between search methods (how mixing weights come from the alphas, which ops an edge
+computes, what enters it, how a node sums its edges, how a genotype ranks edges) is asked of the
+supernet's :class:`~darts_nas.methods.Method`; the space is registered in
+:data:`darts_nas.spaces.SEARCH_SPACES`.
 """
 
 from __future__ import annotations
@@ -24,9 +27,6 @@ from .errors import ConfigError
 from .genotype import PRIMITIVES, Genotype, derive
 from .kernels import lean_applies, shared_relu
 from .ops import OPS, FactorizedReduce, GlobalAvgPool, PoolBN, ReLUConvBN, is_pooling
-from .registry import Registry
-
-SEARCH_SPACES: Registry = Registry("search space")
 
 
 def num_edges(steps: int) -> int:
@@ -49,6 +49,7 @@ class MixedOp(nn.Module):
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
         super().__init__()
+        self.stride = stride
         self.ops = nn.ModuleList()
         self.op_index: list[int] = []  # column of alpha for each built op
         for k, name in enumerate(primitives):
@@ -62,8 +63,13 @@ class MixedOp(nn.Module):
         self.shares_relu = [hasattr(op, "after_relu") for op in self.ops]
         self.has_lean = [hasattr(op, "forward_lean") for op in self.ops]
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, H, W); weights: (num_ops,) softmaxed alphas of this edge
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: int | None = None,
+                bypass_scale: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (num_ops,) mixing weights of this edge (softmaxed alphas);
+        # active: the one column to compute (GDAS), None for all; bypass_scale: unused here
+        # (every channel goes through the ops), see PC-DARTS's edge.
+        if active is not None:
+            return self._one(x, weights, active)
         out = None
         relu_x = None
         lean = lean_applies(x, self.training)
@@ -78,14 +84,31 @@ class MixedOp(nn.Module):
             out = y if out is None else out + y
         return out
 
+    def _one(self, x: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+        """``weights[k] * op_k(x)`` alone: the other ops are not computed."""
+        if k not in self.op_index:  # none: zeros (of the stride's size), still times its weight
+            stride = self.stride
+            return x[:, :, ::stride, ::stride] * 0.0 * weights[k]
+        pos = self.op_index.index(k)
+        op, shares = self.ops[pos], self.shares_relu[pos]
+        lean = lean_applies(x, self.training)
+        relu_x = (shared_relu(x) if lean else F.relu(x)) if shares else None
+        if lean and self.has_lean[pos]:
+            return op.forward_lean(x, relu_x, weights[k])
+        return weights[k] * (op.after_relu(relu_x) if shares else op(x))
+
 
 class SearchCell(nn.Module):
     """A DARTS cell with every edge mixed: two inputs, ``steps`` intermediate nodes, output the
     channel concatenation of the last ``multiplier`` nodes."""
 
     def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int,
-                 reduction: bool, reduction_prev: bool, primitives: Sequence[str]) -> None:
+                 reduction: bool, reduction_prev: bool, primitives: Sequence[str], method=None) -> None:
         super().__init__()
+        if method is None:
+            from .methods.darts import Darts
+
+            method = Darts()
         self.reduction = reduction
         self.steps = steps
         self.multiplier = multiplier
@@ -99,16 +122,23 @@ class SearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, primitives))
+                self.edges.append(method.make_edge(C, stride, primitives))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # weights: (num_edges, num_ops); edges are ordered node by node, inputs in order
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, plan) -> torch.Tensor:
+        # plan: an EdgePlan (or the (num_edges, num_ops) mixing weights alone); edges are ordered
+        # node by node, inputs in order
+        weights, active, scale = (plan, None, None) if isinstance(plan, torch.Tensor) else (
+            plan.weights, plan.active, plan.edge_weights)
         states = [self._preprocess(self.preprocess0, s0), self._preprocess(self.preprocess1, s1)]
         offset = 0
         for _ in range(self.steps):
             node = None
             for j, h in enumerate(states):
-                y = self.edges[offset + j](h, weights[offset + j])
+                e = offset + j
+                if scale is None:
+                    y = self.edges[e](h, weights[e]) if active is None else self.edges[e](h, weights[e], active[e])
+                else:  # edge normalisation: the edge's factor folded into its mixing weights
+                    y = self.edges[e](h, weights[e] * scale[e], None if active is None else active[e], scale[e])
                 node = y if node is None else node + y
             offset += len(states)
             states.append(node)
@@ -137,8 +167,13 @@ class Supernet(nn.Module):
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
-                 primitives: Sequence[str] = PRIMITIVES) -> None:
+                 primitives: Sequence[str] = PRIMITIVES, method=None) -> None:
         super().__init__()
+        if method is None:
+            from .methods.darts import Darts
+
+            method = Darts()
+        self.method = method  # not a module: its state is checkpointed by the run loop
         primitives = tuple(primitives)
         _check_primitives(primitives)
         if multiplier is None:
@@ -172,7 +207,7 @@ class Supernet(nn.Module):
             if reduction:
                 C_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction,
-                                         reduction_prev, primitives))
+                                         reduction_prev, primitives, method))
             reduction_prev = reduction
             C_pp, C_p = C_p, multiplier * C_curr
         self.global_pooling = GlobalAvgPool()
@@ -182,9 +217,24 @@ class Supernet(nn.Module):
         # Eq. 2 of the paper; 1e-3 noise as in the reference code rather than exact zeros.
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(primitives)))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(primitives)))
+        self._arch_names = ["alphas_normal", "alphas_reduce"]
+        for name, shape in method.extra_arch_parameters(self.cell_types(), k).items():
+            self.register_parameter(name, nn.Parameter(1e-3 * torch.randn(*shape)))
+            self._arch_names.append(name)
+
+    @staticmethod
+    def cell_types() -> tuple[str, ...]:
+        return ("normal", "reduce")
+
+    def arch_groups(self) -> dict[str, nn.Parameter]:
+        """The architecture parameters by name, in a fixed order."""
+        return {name: getattr(self, name) for name in self._arch_names}
+
+    def arch_group(self, name: str) -> nn.Parameter:
+        return getattr(self, name)
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alphas_normal, self.alphas_reduce]
+        return list(self.arch_groups().values())
 
     def named_weights(self):
         arch = {id(p) for p in self.arch_parameters()}
@@ -208,8 +258,8 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, in_channels, H, W) -> logits (B, num_classes)
-        w_normal = F.softmax(self.alphas_normal, dim=-1)
-        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        w_normal = self.method.edge_plan(self, "normal")
+        w_reduce = self.method.edge_plan(self, "reduce")
         s0 = s1 = self.stem(x)
         recompute = self.recompute and torch.is_grad_enabled() and not getattr(self, "_recompute_off", False)
         for cell in self.cells:
@@ -225,7 +275,8 @@ class Supernet(nn.Module):
     def genotype(self) -> Genotype:
         """Discretise the current alphas (REFERENCE section 2)."""
         return derive(self.alphas_normal.detach().cpu(), self.alphas_reduce.detach().cpu(),
-                      self.primitives, multiplier=self.multiplier)
+                      self.primitives, multiplier=self.multiplier,
+                      edge_scale=(self.method.edge_scale(self, "normal"), self.method.edge_scale(self, "reduce")))
 
 
 @contextlib.contextmanager
@@ -256,10 +307,3 @@ def _check_primitives(primitives: tuple[str, ...]) -> None:
         seen.add(name)
     if not any(name != "none" for name in primitives):
         raise ConfigError("the candidate ops need at least one op other than 'none'")
-
-
-@SEARCH_SPACES.register("darts")
-def build_darts_supernet(C: int, num_classes: int, layers: int, steps: int, in_channels: int,
-                         primitives: Sequence[str] = PRIMITIVES, **_: object) -> Supernet:
-    return Supernet(C=C, num_classes=num_classes, layers=layers, steps=steps,
-                    in_channels=in_channels, primitives=primitives)

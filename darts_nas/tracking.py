@@ -320,13 +320,20 @@ class SearchBoard(_Board):
         self.final: dict[str, float] = {}
 
     def epoch(self, epoch: int, metrics: dict[str, Any], alphas: dict[str, Any], primitives: Sequence[str],
-              genotype: Genotype) -> None:
+              genotype: Genotype, views: dict[str, Any] | None = None,
+              scalars: dict[str, float] | None = None) -> None:
         """Log epoch ``epoch`` (1-based, the global step): ``metrics`` is the metrics.jsonl
         record, ``alphas`` the raw ``{"normal": ..., "reduce": ...}`` logits, ``genotype`` their
-        discretisation."""
+        discretisation. ``views`` are the method's other architecture groups as (num_edges,)
+        values (PC-DARTS's normalised betas: a heatmap and a histogram each); ``scalars`` the
+        method's schedules (GDAS's temperature), as ``method/<name>``."""
         if self.writer is None:
             return
         self._scalars(SEARCH_SCALARS, metrics, epoch)
+        for name, value in (scalars or {}).items():
+            self.writer.add_scalar(f"method/{name}", value, epoch)
+        for name, values in (views or {}).items():
+            self._edge_group(name, values, genotype, epoch)
         for cell in CELL_TYPES:
             raw = torch.as_tensor(alphas[cell]).detach().float().cpu()
             probs = alpha_probabilities(raw)
@@ -343,6 +350,21 @@ class SearchBoard(_Board):
             if key in metrics:
                 self.final[key] = metrics[key]
         self.writer.flush()
+
+    def _edge_group(self, name: str, values: Any, genotype: Genotype, epoch: int) -> None:
+        """A per-edge architecture group (``betas_normal``: one value per edge of that cell type)
+        as a one-column heatmap with the edges kept by the genotype marked."""
+        v = torch.as_tensor(values).detach().double().cpu().reshape(-1, 1).numpy()
+        cell = name.rsplit("_", 1)[-1]
+        steps = getattr(genotype, f"{cell}_steps", None)
+        rows = tuple(edge_names(steps)) if steps is not None and len(edge_names(steps)) == len(v) else \
+            tuple(str(i) for i in range(len(v)))
+        kept = {edge_row(k // 2, j) for k, (_, j) in enumerate(getattr(genotype, cell, ()))} if steps else set()
+        heatmap = Heatmap(values=v, rows=rows, columns=("edge weight",), marked=frozenset((r, 0) for r in kept),
+                          title=f"{name}, epoch {epoch}", breaks=tuple(edge_row(i, 0) for i in range(steps or 0)),
+                          note="boxed: the edges kept by the derived genotype")
+        self._png(f"arch/{name}", png_bytes(draw_heatmap(heatmap)), epoch)
+        self.writer.add_histogram(f"arch/{name}_hist", v.reshape(-1), epoch)
 
     def finish(self, config: Any, summary: dict[str, Any]) -> None:
         """The run's settings with its final metrics, for TensorBoard's HParams tab."""

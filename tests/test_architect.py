@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts_nas.architect import METHODS, Architect
+from darts_nas.architect import Architect
+from darts_nas.config import SearchConfig
+from darts_nas.methods import METHODS
 from darts_nas.supernet import Supernet
 
 
@@ -148,5 +150,8 @@ def test_step_uses_adam_with_the_given_settings():
         assert torch.allclose(moved[big].abs(), torch.full_like(moved[big], 3e-4), rtol=1e-3)
 
 
-def test_method_registry():
-    assert METHODS.get("darts") is Architect
+def test_method_registry_builds_the_darts_architect():
+    model = Supernet(C=4, num_classes=3, layers=2, steps=2, in_channels=1)
+    w_opt = torch.optim.SGD(model.weights(), lr=0.1)
+    architect = METHODS.get("darts")(SearchConfig(unrolled=True)).make_architect(model, w_opt)
+    assert isinstance(architect, Architect) and architect.unrolled

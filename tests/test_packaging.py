@@ -1,4 +1,5 @@
-"""The built wheel carries the published cells and both console scripts."""
+"""The built wheel carries the published cells, the presets, the method and space plug-ins and both
+console scripts."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_wheel_contains_cells_and_entry_points(tmp_path):
     src.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("darts_nas", "cells"):
+    for name in ("darts_nas", "cells", "presets"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(dist)!r})"],
@@ -33,6 +34,9 @@ def test_wheel_contains_cells_and_entry_points(tmp_path):
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     cells = {Path(n).name for n in names if n.startswith("darts_nas/cells/") and n.endswith(".json")}
     assert {p.name for p in (ROOT / "cells").glob("*.json")} == cells
+    presets = {Path(n).name for n in names if n.startswith("darts_nas/presets/") and n.endswith(".json")}
+    assert {p.name for p in (ROOT / "presets").glob("*.json")} == presets and "pc_darts.json" in presets
+    assert {"darts_nas/methods/gdas.py", "darts_nas/methods/pc_darts.py", "darts_nas/spaces/darts.py"} <= names
     assert "darts-search = darts_nas.cli:search_main" in entry_points
     assert "darts-train = darts_nas.cli:train_main" in entry_points
     assert not any(n.startswith("tests/") for n in names)

@@ -3,7 +3,8 @@ import torch
 
 from darts_nas.errors import ConfigError
 from darts_nas.genotype import PRIMITIVES, Genotype
-from darts_nas.supernet import SEARCH_SPACES, MixedOp, Supernet
+from darts_nas.spaces import SEARCH_SPACES
+from darts_nas.supernet import MixedOp, Supernet
 
 
 def test_paper_supernet_size():

@@ -1,0 +1,11 @@
+"""Search methods as plug-ins: each module here is one method of the DARTS family.
+
+``METHODS`` maps a method's name (``--method``) to its :class:`~darts_nas.methods.base.Method`
+subclass. Importing this package registers the built-in methods; a new method is a module that
+subclasses ``Method`` and registers itself (see the README's "Adding a method").
+"""
+
+from .base import METHODS, EdgePlan, Method, node_slices
+from . import darts, gdas, pc_darts  # noqa: F401  (registers the built-in methods)
+
+__all__ = ["METHODS", "EdgePlan", "Method", "node_slices"]

@@ -1,0 +1,151 @@
+"""What a differentiable search method is: the seams between a method, a search space and the run loop.
+
+A search space (:mod:`darts_nas.spaces`) builds the supernet: its cells, its edges and its groups of
+architecture parameters. A :class:`Method` says what varies between the methods of the DARTS family:
+
+=================================  ==================================================================
+seam                               DARTS (this class's defaults)
+=================================  ==================================================================
+:meth:`make_edge`                  what an edge computes and what enters it: every op on all channels
+:meth:`extra_arch_parameters`      architecture parameters beyond the alphas: none
+:meth:`edge_plan`                  how mixing weights come from the logits: ``softmax(alpha)``; which
+                                   ops run (all); how a node sums its edges (plainly)
+:meth:`arch_regulariser`           extra terms of the architecture loss: none
+:meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
+:meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
+:meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
+=================================  ==================================================================
+
+The run loop sees "a method" and "named groups of architecture parameters" and nothing more:
+:meth:`state_dict` goes into every checkpoint, :meth:`scalars` onto the board and into
+metrics.jsonl, :meth:`describe` into the log. A new method is one module under
+``darts_nas/methods/`` that subclasses :class:`Method`, overrides the seams it changes and
+registers itself in :data:`METHODS` (the package ``__init__`` imports it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+METHODS: Registry = Registry("search method")
+
+
+@dataclass
+class EdgePlan:
+    """How the edges of one cell type mix their ops in one forward pass.
+
+    ``weights``: (num_edges, num_ops) mixing weights, one column per candidate op.
+    ``active``: per edge, the one column whose op is computed (GDAS), or None: every op.
+    ``edge_weights``: (num_edges,) factor of each edge in its node's sum (PC-DARTS's
+    normalised betas), or None: a node sums its edges plainly.
+    """
+
+    weights: torch.Tensor
+    active: list[int] | None = None
+    edge_weights: torch.Tensor | None = None
+
+
+def node_slices(num_edges: int) -> list[slice]:
+    """The edges of each intermediate node (node i, 0-based, has 2 + i inputs), in edge order."""
+    slices, start, i = [], 0, 0
+    while start < num_edges:
+        slices.append(slice(start, start + 2 + i))
+        start += 2 + i
+        i += 1
+    return slices
+
+
+class Method:
+    """DARTS (Liu et al., ICLR 2019): softmax mixing of every op on every edge, first- or
+    second-order architecture gradient, genotype by the strongest non-``none`` weights.
+
+    ``config`` is the search's :class:`~darts_nas.config.SearchConfig` (None: DARTS defaults, as
+    for a supernet built in a test)."""
+
+    name: ClassVar[str] = "darts"
+    title: ClassVar[str] = "DARTS"
+    supports_unrolled: ClassVar[bool] = True
+    # Settings of SearchConfig this method reads, besides the common ones: shown in the log.
+    settings: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config
+
+    # -- checks, before anything is written -----------------------------------------------------
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Refuse, in one line naming the fix, settings this method cannot run with."""
+        if config.unrolled and not cls.supports_unrolled:
+            raise ConfigError(f"--method {cls.name} has no second-order architecture step: drop --unrolled "
+                              f"(or use --method darts or pc-darts for the unrolled hypergradient)")
+
+    # -- the supernet ------------------------------------------------------------------------------
+    def make_edge(self, C: int, stride: int, primitives) -> nn.Module:
+        """One edge of a search cell with ``C`` channels in and out."""
+        from ..supernet import MixedOp
+
+        return MixedOp(C, stride, primitives)
+
+    def extra_arch_parameters(self, cell_types: tuple[str, ...], num_edges: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of architecture parameters beyond ``alphas_<cell type>``, by name; the space
+        creates them (1e-3 * N(0, 1), like the alphas) after the alphas, in this order."""
+        return {}
+
+    # -- the forward pass ----------------------------------------------------------------------------
+    def edge_plan(self, model: nn.Module, cell_type: str) -> EdgePlan:
+        """The plan of one cell type for the next forward pass (Eq. 2 of the DARTS paper)."""
+        return EdgePlan(F.softmax(model.arch_group(f"alphas_{cell_type}"), dim=-1))
+
+    def arch_regulariser(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the architecture loss (None: the plain cross-entropy)."""
+        return None
+
+    # -- the architecture step --------------------------------------------------------------------------
+    def make_architect(self, model: nn.Module, w_optimizer: torch.optim.Optimizer,
+                       autocast: Callable[[], ContextManager] = contextlib.nullcontext):
+        from ..architect import Architect
+
+        c = self.config
+        return Architect(model, w_optimizer, lr=c.arch_learning_rate, betas=c.arch_betas,
+                         weight_decay=c.arch_weight_decay, unrolled=c.unrolled, autocast=autocast,
+                         regulariser=self.arch_regulariser)
+
+    # -- the genotype ----------------------------------------------------------------------------------
+    def edge_scale(self, model: nn.Module, cell_type: str) -> torch.Tensor | None:
+        """A positive factor per edge applied to its op weights before edges are ranked (None: 1)."""
+        return None
+
+    # -- schedules, state, what is shown -----------------------------------------------------------------
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before epoch ``epoch`` (0-based) of ``epochs``; schedules change here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the method changes while it runs (checkpointed, restored on resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method {self.name} has no state, but the checkpoint holds {sorted(state)}")
+
+    def scalars(self) -> dict[str, float]:
+        """Per-epoch values of the method's schedules (metrics.jsonl, TensorBoard ``method/<name>``)."""
+        return {}
+
+    def arch_views(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Architecture groups other than the alphas as a person reads them: name -> (num_edges,)
+        values (PC-DARTS: the betas softmaxed per node), for history.jsonl and TensorBoard."""
+        return {}
+
+    def describe(self) -> str:
+        order = "second order (unrolled)" if self.config is not None and self.config.unrolled else "first order"
+        details = ", ".join(f"{name.replace('_', '-')} {getattr(self.config, name)}" for name in self.settings)
+        return f"{self.title}, {order}" + (f", {details}" if details else "")

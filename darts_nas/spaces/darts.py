@@ -1,0 +1,17 @@
+"""The DARTS search space (REFERENCE section 1): normal and reduction cells of ``--nodes``
+intermediate nodes, every edge mixing the ``--ops`` candidates (:mod:`darts_nas.supernet`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..genotype import PRIMITIVES
+from ..supernet import Supernet
+from . import SEARCH_SPACES
+
+
+@SEARCH_SPACES.register("darts")
+def build_darts_supernet(C: int, num_classes: int, layers: int, steps: int, in_channels: int,
+                         primitives: Sequence[str] = PRIMITIVES, method=None, **_: object) -> Supernet:
+    return Supernet(C=C, num_classes=num_classes, layers=layers, steps=steps,
+                    in_channels=in_channels, primitives=primitives, method=method)
