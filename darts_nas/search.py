@@ -226,7 +226,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
         }, indent=2, sort_keys=True))
-    log.info(f"{method.describe()} search on {info.name} ({data.num_weight} weight / {data.num_arch} "
+    log.info(f"{method.describe()}, on {info.name} ({data.num_weight} weight / {data.num_arch} "
              f"architecture images, {info.in_channels}x{info.image_size}x{info.image_size}, "
              f"{info.num_classes} classes), {device} ({speed.describe()}, "
              f"{describe_loader(data.weight_loader)} data), "

@@ -6,6 +6,6 @@ subclasses ``Method`` and registers itself (see the README's "Adding a method").
 """
 
 from .base import METHODS, EdgePlan, Method, node_slices
-from . import darts, gdas, pc_darts  # noqa: F401  (registers the built-in methods)
+from . import darts, pc_darts, gdas  # noqa: F401,I001  (registers the built-in methods, in this order)
 
 __all__ = ["METHODS", "EdgePlan", "Method", "node_slices"]

@@ -146,6 +146,8 @@ class Method:
         return {}
 
     def describe(self) -> str:
+        """``DARTS search, first order`` and the method's own settings, for the log."""
         order = "second order (unrolled)" if self.config is not None and self.config.unrolled else "first order"
-        details = ", ".join(f"{name.replace('_', '-')} {getattr(self.config, name)}" for name in self.settings)
-        return f"{self.title}, {order}" + (f", {details}" if details else "")
+        details = ", ".join(f"--{name.replace('_', '-')} {getattr(self.config, name)}" for name in self.settings
+                            if self.config is not None)
+        return f"{self.title} search, {order}" + (f", {details}" if details else "")
