@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time one search step (architecture step + weight step) of the DARTS supernet.
+"""Time one search step (architecture step + weight step) of a search method's supernet (``--method``).
 
 Random inputs, after warm-up; reports the median over ``--steps`` timed steps, a per-phase
 breakdown (architecture step, weight forward, weight backward + update; with ``--unrolled`` the
@@ -9,6 +9,9 @@ RSS of this process, so run one setting per process; CUDA: max allocated). The l
 is one JSON object with every number.
 
     python benchmarks/search_step.py --batch-size 16 --init-channels 8 --layers 5 --steps 5 --unrolled --json
+    python benchmarks/search_step.py --method pc-darts --batch-size 256
+
+``benchmarks/methods_side_by_side.py`` runs it for several methods in turn and compares them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darts_nas import kernels as cpu_kernels  # noqa: E402
 from darts_nas.accel import Speed  # noqa: E402
-from darts_nas.architect import Architect  # noqa: E402
+from darts_nas.config import SearchConfig  # noqa: E402
+from darts_nas.methods import METHODS  # noqa: E402
 from darts_nas.runtime import resolve_device  # noqa: E402
 from darts_nas.supernet import Supernet  # noqa: E402
 
@@ -44,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--unrolled", action="store_true", help="second-order architecture step")
+    p.add_argument("--method", default="darts", help="search method: " + ", ".join(METHODS.names()))
+    p.add_argument("--partial-channels", type=int, default=4, help="pc-darts: K")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--device", default="cpu")
@@ -77,12 +83,16 @@ def main(argv=None) -> dict:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     speed = Speed(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     torch.manual_seed(args.seed)
+    config = SearchConfig(method=args.method, unrolled=args.unrolled, partial_channels=args.partial_channels,
+                          init_channels=args.init_channels, seed=args.seed)
+    method = METHODS.get(args.method)(config)
+    method.check(config)
+    method.start_epoch(0, config.epochs)
     model = speed.prepare(Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
-                                   steps=args.nodes, in_channels=args.in_channels))
+                                   steps=args.nodes, in_channels=args.in_channels, method=method))
     model.recompute = args.recompute
     w_opt = torch.optim.SGD(model.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    architect = Architect(model, w_opt, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, unrolled=args.unrolled,
-                          autocast=speed.autocast)
+    architect = method.make_architect(model, w_opt, autocast=speed.autocast)
     shape = (args.batch_size, args.in_channels, args.image_size, args.image_size)
 
     def batch():
@@ -167,7 +177,8 @@ def main(argv=None) -> dict:
         profile = {"kernel_launches": len(kernels), "gpu_busy_s": busy / 1e6 if kernels else None}
 
     result = {
-        "benchmark": "search_step", "cudnn_benchmark": args.cudnn_benchmark, "profile": profile,
+        "benchmark": "search_step", "method": args.method, "cudnn_benchmark": args.cudnn_benchmark,
+        "profile": profile,
         "order": "second" if args.unrolled else "first",
         "batch_size": args.batch_size, "init_channels": args.init_channels, "layers": args.layers,
         "nodes": args.nodes, "image_size": args.image_size, "speed": speed.describe() + (", recompute" if args.recompute else "") + (", no kernels" if args.no_kernels else ""),
@@ -183,7 +194,7 @@ def main(argv=None) -> dict:
         result["gpu"] = torch.cuda.get_device_name(device)
     if not args.json:
         m = result["median_s"]
-        print(f"{result['order']} order ({speed.describe()}), batch {args.batch_size}, C={args.init_channels}, {args.layers} cells, "
+        print(f"{args.method}, {result['order']} order ({speed.describe()}), batch {args.batch_size}, C={args.init_channels}, {args.layers} cells, "
               f"{args.image_size}x{args.image_size} on {device}: {m['step']:.3f} s/step "
               f"(arch {m['arch_step']:.3f}, weight fwd {m['weight_forward']:.3f}, "
               f"weight bwd+update {m['weight_backward_update']:.3f}), peak RSS {result['peak_rss_mb']:.0f} MB")

@@ -35,6 +35,13 @@ def test_search_step_benchmark_reports_every_phase(extra):
     assert ("no kernels" in result["speed"]) == ("--no-kernels" in extra)
 
 
+@pytest.mark.parametrize("method", ["pc-darts", "gdas"])
+def test_search_step_benchmark_runs_every_method(method):
+    result = _run("search_step.py", "--method", method, "--batch-size", "4", "--init-channels", "4", "--layers", "3",
+                  "--image-size", "8", "--warmup", "1", "--steps", "1")
+    assert result["method"] == method and result["median_s"]["step"] > 0
+
+
 def test_train_step_benchmark_runs_a_final_network():
     result = _run("train_step.py", "--cell", "darts_v2", "--batch-size", "4", "--init-channels", "8",
                   "--layers", "3", "--image-size", "16", "--no-auxiliary", "--warmup", "1", "--steps", "2")

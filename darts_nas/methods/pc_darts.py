@@ -64,16 +64,16 @@ class PartialChannelEdge(nn.Module):
         if self.k == 1:
             return self.mixed(x, weights, active)
         # x: (B, C, H, W) -> mixed op on (B, C/K, H, W), the rest (B, C - C/K, H', W') bypasses it
+        # The slices are views of x, which stays alive as a node of the cell: the ops keep a view
+        # for their backward pass, not a copy.
         c = x.shape[1] // self.k
-        fmt = _format_of(x)
-        part = x[:, :c].contiguous(memory_format=fmt)
+        y = self.mixed(x[:, :c], weights, active)
         rest = x[:, c:]
-        y = self.mixed(part, weights, active)
         if self.stride == 2:
             rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)  # ceil: the ops' output size for odd sides too
         if bypass_scale is not None:
             rest = bypass_scale * rest
-        return channel_shuffle(torch.cat([y, rest.contiguous(memory_format=fmt)], dim=1), self.k)
+        return channel_shuffle(torch.cat([y, rest], dim=1), self.k)
 
 
 def normalised_betas(betas: torch.Tensor) -> torch.Tensor:
