@@ -34,13 +34,19 @@ SETTINGS = {
 }
 
 
-def variants(setting: dict) -> dict[str, list[str]]:
-    """The variants compared: DARTS and GDAS at the setting's batch, DARTS at 64, PC-DARTS at 256."""
+def variants(setting: dict, memory: bool = False) -> dict[str, list[str]]:
+    """The variants compared: DARTS and GDAS at the setting's batch, DARTS at 64, PC-DARTS at 256;
+    with ``memory`` also PC-DARTS at 256 with --recompute, and DARTS at 64 and PC-DARTS at 256 on
+    PyTorch's own autograd (--no-kernels: the original code's memory profile)."""
     b = setting["batch"]
     todo = {f"darts b{b}": ["--method", "darts", "--batch-size", str(b)],
             f"gdas b{b}": ["--method", "gdas", "--batch-size", str(b)],
             "pc-darts b256": ["--method", "pc-darts", "--batch-size", "256"]}
     todo.setdefault("darts b64", ["--method", "darts", "--batch-size", "64"])
+    if memory:
+        todo["pc-darts b256 recompute"] = ["--method", "pc-darts", "--batch-size", "256", "--recompute"]
+        todo["darts b64 no-kernels"] = ["--method", "darts", "--batch-size", "64", "--no-kernels"]
+        todo["pc-darts b256 no-kernels"] = ["--method", "pc-darts", "--batch-size", "256", "--no-kernels"]
     return todo
 
 
@@ -59,6 +65,9 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3, help="timed steps per process")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each process")
+    p.add_argument("--memory-variants", action="store_true",
+                   help="also PC-DARTS b256 with --recompute, and DARTS b64 / PC-DARTS b256 with --no-kernels")
+    p.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args(argv)
     setting = SETTINGS[args.setting]
@@ -66,7 +75,9 @@ def main(argv=None) -> dict:
               "--image-size", str(setting["image_size"]), "--warmup", str(args.warmup), "--steps", str(args.steps)]
     if args.threads:
         common += ["--threads", str(args.threads)]
-    todo = variants(setting)
+    todo = variants(setting, args.memory_variants)
+    if args.only:
+        todo = {name: extra for name, extra in todo.items() if name in args.only.split(",")}
     runs: dict[str, list[dict]] = {name: [] for name in todo}
     for _ in range(args.repeats):
         for name, extra in todo.items():
@@ -78,10 +89,13 @@ def main(argv=None) -> dict:
     summary = {name: {"step_s": statistics.median(r["median_s"]["step"] for r in rs),
                       "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs)} for name, rs in runs.items()}
     b = setting["batch"]
-    ratios = {
-        "pc_darts_b256_over_darts_b64_memory": summary["pc-darts b256"]["peak_rss_mb"] / summary["darts b64"]["peak_rss_mb"],
-        f"gdas_over_darts_step_b{b}": summary[f"gdas b{b}"]["step_s"] / summary[f"darts b{b}"]["step_s"],
-    }
+    pairs = {"pc_darts_b256_over_darts_b64_memory": ("pc-darts b256", "darts b64", "peak_rss_mb"),
+             f"gdas_over_darts_step_b{b}": (f"gdas b{b}", f"darts b{b}", "step_s"),
+             "pc_darts_b256_recompute_over_darts_b64_memory": ("pc-darts b256 recompute", "darts b64", "peak_rss_mb"),
+             "no_kernels_pc_darts_b256_over_darts_b64_memory": ("pc-darts b256 no-kernels", "darts b64 no-kernels",
+                                                                "peak_rss_mb")}
+    ratios = {name: summary[a][key] / summary[c][key] for name, (a, c, key) in pairs.items()
+              if a in summary and c in summary}
     first = next(iter(runs.values()))[0]
     result = {"benchmark": "methods_side_by_side", "setting": args.setting, **setting, "repeats": args.repeats,
               "steps": args.steps, "torch": first["torch"], "python": platform.python_version(),
