@@ -58,7 +58,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--method", default=d.method,
                    help="search method: darts (softmax over every op), pc-darts (partial channels and edge "
-                        "normalisation), gdas (one Gumbel-sampled op per edge)")
+                        "normalisation), gdas (one Gumbel-sampled op per edge), darts-minus (auxiliary skip), "
+                        "beta-darts (beta-decay regulariser), sdarts-rs / sdarts-adv (perturbed weight step), "
+                        "drnas (Dirichlet mixing weights)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas; "
                         "--preset list describes them); flags given on the command line win over it")
@@ -95,6 +97,22 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau-max", type=float, default=d.tau_max,
                    help="gdas: Gumbel-softmax temperature at the first epoch, falling linearly to --tau-min")
     g.add_argument("--tau-min", type=float, default=d.tau_min, help="gdas: temperature at the last epoch")
+    g.add_argument("--skip-beta", type=float, default=d.skip_beta,
+                   help="darts-minus: coefficient of the auxiliary skip at the first epoch, decayed to 0")
+    g.add_argument("--skip-beta-schedule", default=d.skip_beta_schedule, choices=["linear", "cosine"],
+                   help="darts-minus: how the coefficient decays")
+    g.add_argument("--beta-decay-scale", type=float, default=d.beta_decay_scale,
+                   help="beta-darts: the regulariser's weight is this times the epoch (0-based)")
+    g.add_argument("--sdarts-epsilon-min", type=float, default=d.sdarts_epsilon_min,
+                   help="sdarts-rs/-adv: perturbation radius of the mixing weights at the first epoch ...")
+    g.add_argument("--sdarts-epsilon-max", type=float, default=d.sdarts_epsilon_max,
+                   help="... ramped linearly to this")
+    g.add_argument("--sdarts-attack-steps", type=int, default=d.sdarts_attack_steps,
+                   help="sdarts-adv: PGD steps of the attack on the mixing weights")
+    g.add_argument("--drnas-regulariser", default=d.drnas_regulariser, choices=["l2", "kl"],
+                   help="drnas: l2 (Adam weight decay on the alphas, replacing --arch-weight-decay) or kl "
+                        "(KL to Dir(1) in the architecture loss)")
+    g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling)")
@@ -149,7 +167,11 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         arch_learning_rate=args.arch_learning_rate, arch_weight_decay=args.arch_weight_decay,
         unrolled=args.unrolled, nesterov=args.nesterov, arch_warmup_epochs=args.arch_warmup_epochs,
         partial_channels=args.partial_channels, edge_normalization=not args.no_edge_normalization,
-        tau_max=args.tau_max, tau_min=args.tau_min, seed=args.seed, device=args.device, out=args.out,
+        tau_max=args.tau_max, tau_min=args.tau_min, skip_beta=args.skip_beta,
+        skip_beta_schedule=args.skip_beta_schedule, beta_decay_scale=args.beta_decay_scale,
+        sdarts_epsilon_min=args.sdarts_epsilon_min, sdarts_epsilon_max=args.sdarts_epsilon_max,
+        sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
+        drnas_reg_scale=args.drnas_reg_scale, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,

@@ -103,6 +103,14 @@ class SearchConfig(_Settings):
     edge_normalization: bool = True  # PC-DARTS: betas weigh each node's incoming edges
     tau_max: float = 10.0  # GDAS: Gumbel-softmax temperature at the first epoch ...
     tau_min: float = 0.1  # ... falling linearly to this at the last
+    skip_beta: float = 1.0  # DARTS-: the auxiliary skip's coefficient at the first epoch ...
+    skip_beta_schedule: str = "linear"  # ... decayed to 0 linearly or by a cosine
+    beta_decay_scale: float = 0.5  # beta-DARTS: the regulariser's weight is this times the epoch
+    sdarts_epsilon_min: float = 0.03  # SDARTS: perturbation radius at the first epoch ...
+    sdarts_epsilon_max: float = 0.3  # ... ramped linearly to this
+    sdarts_attack_steps: int = 7  # SDARTS-ADV: PGD steps
+    drnas_regulariser: str = "l2"  # DrNAS: l2 (Adam weight decay on the alphas) or kl
+    drnas_reg_scale: float = 1e-3  # DrNAS: the regulariser's scale
     # run
     seed: int = 2
     device: str = "auto"
@@ -171,13 +179,15 @@ class SearchConfig(_Settings):
 
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
-METHOD_NAMES = ("darts", "pc-darts", "gdas")
+METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas")
 
 # Settings added to SearchConfig after the first release, with the value that reproduces a run
 # started before they existed: a config.json without them compares equal to these.
 ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "preset": None, "nesterov": False, "arch_warmup_epochs": 0, "partial_channels": 4,
-    "edge_normalization": True, "tau_max": 10.0, "tau_min": 0.1,
+    "edge_normalization": True, "tau_max": 10.0, "tau_min": 0.1, "skip_beta": 1.0, "skip_beta_schedule": "linear",
+    "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
+    "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3,
 }
 
 

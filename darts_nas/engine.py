@@ -68,6 +68,12 @@ def _autocast(speed):
     return contextlib.nullcontext() if speed is None else speed.autocast()
 
 
+def _weight_pass(model: nn.Module, batch):
+    """The search method's context for the weight step's forward pass (SDARTS perturbs there)."""
+    method = getattr(model, "method", None)
+    return contextlib.nullcontext() if method is None else method.weight_pass(model, batch)
+
+
 def _totals(sums: torch.Tensor, seen: int, dist) -> tuple[list[float], int]:
     """The metric sums and the image count of every process (of this one without ``dist``)."""
     if dist is None:
@@ -116,7 +122,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
             arch_out = architect.step((x, y), (xv, yv), xi)
 
         w_optimizer.zero_grad(set_to_none=True)
-        with _autocast(speed):
+        with _autocast(speed), _weight_pass(model, (x, y)):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         _check_finite({"architecture": arch_out["loss"], "training": loss} if arch_update else {"training": loss},

@@ -11,6 +11,7 @@ seam                               DARTS (this class's defaults)
 :meth:`edge_plan`                  how mixing weights come from the logits: ``softmax(alpha)``; which
                                    ops run (all); how a node sums its edges (plainly)
 :meth:`arch_regulariser`           extra terms of the architecture loss: none
+:meth:`weight_pass`                what the weight step's forward pass sees: the same plan
 :meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
 :meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
 :meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
@@ -108,6 +109,11 @@ class Method:
     def arch_regulariser(self, model: nn.Module) -> torch.Tensor | None:
         """A term added to the architecture loss (None: the plain cross-entropy)."""
         return None
+
+    def weight_pass(self, model: nn.Module, batch) -> ContextManager:
+        """Entered around the forward pass of each weight step on ``batch`` (SDARTS perturbs the
+        mixing weights there); the architecture step's passes are outside it."""
+        return contextlib.nullcontext()
 
     # -- the architecture step --------------------------------------------------------------------------
     def make_architect(self, model: nn.Module, w_optimizer: torch.optim.Optimizer,
