@@ -265,6 +265,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     given alongside ``--resume`` applied where they may change. Refuses, with the fix, a directory
     that holds nothing to resume."""
     from .checkpoint import numbered_checkpoints
+    from .resume import checkpoint_settings
     from .runtime import run_kind
 
     title, script = ("search", "train_search.py") if kind == "search" else ("training run", "train_final.py")
@@ -282,8 +283,10 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
         if not isinstance(saved, dict):
             raise TypeError("the settings are not a JSON object")
     except FileNotFoundError:
-        raise RunDirError(f"--resume {path}: the directory holds no run (no config.json): give the --out directory "
-                          f"of an interrupted {title}") from None
+        saved = checkpoint_settings(path)  # a checkpoint carries its settings: config.json may be gone
+        if saved is None:
+            raise RunDirError(f"--resume {path}: the directory holds no run (no config.json): give the --out "
+                              f"directory of an interrupted {title}") from None
     except (ValueError, KeyError, TypeError, OSError):
         raise RunDirError(f"--resume {path}: its config.json is unreadable, so the run cannot be resumed: start it "
                           f"again with its command and --overwrite") from None
@@ -293,7 +296,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     if (path / finished).exists() and not comparison_pending(path, saved, finished):
         raise RunDirError(f"--resume {path}: it holds a finished {title} ({finished} is there): nothing to resume; "
                           f"choose another --out for a new run")
-    if not numbered_checkpoints(path):
+    if not numbered_checkpoints(path) and not (path / "checkpoint.pt").is_file():
         raise RunDirError(f"--resume {path}: it holds no checkpoint to resume from (the run stopped before its "
                           f"first one): start it again with its command and --out {path} --overwrite")
     wanted = from_flags.to_dict()

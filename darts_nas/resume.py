@@ -134,7 +134,7 @@ def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set
     if state is None:
         return None
     name = Path(state["path"]).name
-    _refuse_differences(out, title, settings_differences(state["config"], current, ignore), f"its checkpoint {name}")
+    _refuse_differences(out, title, settings_differences(state["config"], current, ignore), f"checkpoint {name}")
     for key, value in (expected or {}).items():
         if key in state and state[key] != value:  # older checkpoints lack some entries: nothing to compare
             raise RunDirError(f"{out} holds an unfinished {title} whose checkpoint {name} "
@@ -146,11 +146,22 @@ def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set
     return state
 
 
+def checkpoint_settings(out: Path) -> dict[str, Any] | None:
+    """The settings recorded in the newest readable checkpoint in ``out`` (for ``--resume`` of a
+    run whose config.json is gone), or None."""
+    try:
+        state = load_newest_valid(out, lambda message: None)
+    except CheckpointError:
+        return None
+    return state["config"] if state is not None and isinstance(state.get("config"), dict) else None
+
+
 def _refuse_differences(out: Path, title: str, differences: list[str], where: str = "") -> None:
     if differences:
-        raise RunDirError(f"{out} holds an unfinished {title}{' ' + where if where else ''} started with other "
-                          f"settings ({'; '.join(differences)}): rerun with the original settings to resume it, "
-                          f"or choose another --out, or pass --overwrite to start again")
+        started = f"whose {where} was written with" if where else "started with"
+        raise RunDirError(f"{out} holds an unfinished {title} {started} other settings ({'; '.join(differences)}): "
+                          f"rerun with the original settings to resume it, or choose another --out, or pass "
+                          f"--overwrite to start again")
 
 
 def _what_differs(key: str, saved: Any, now: Any) -> str:
