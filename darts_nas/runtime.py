@@ -115,7 +115,8 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
     if out is None:
         out = os.path.join("runs", f"{kind}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not str(out).strip():
-        raise RunDirError("--out is empty: give the run directory (or leave --out out for runs/<kind>-<dataset>-<time>)")
+        raise RunDirError("--out is empty: give the run directory (or leave --out out for "
+                          "runs/<kind>-<dataset>-<time>)")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory: choose another --out")

@@ -612,7 +612,8 @@ def test_a_retraining_never_resumes_on_another_cell(tmp_path, capsys):
     (out / "metrics.json").unlink()  # as if stopped before its end
     text = cell.read_text()
     assert "max_pool_3x3" in text and "skip_connect" in text
-    cell.write_text(text.replace("max_pool_3x3", "@").replace("skip_connect", "max_pool_3x3").replace("@", "skip_connect"))
+    swapped = text.replace("max_pool_3x3", "@").replace("skip_connect", "max_pool_3x3").replace("@", "skip_connect")
+    cell.write_text(swapped)
     checkpoints = sorted(p.name for p in out.iterdir())
     assert train_main([*args, "--out", str(out)]) == 2
     err = one_line_error(capsys)
@@ -626,7 +627,8 @@ def test_resume_compares_the_checkpoints_own_settings(tmp_path, reference, capsy
     saved["config"]["seed"] = 9  # config.json edited to match another seed
     (out / "config.json").write_text(json.dumps(saved))
     assert search_main([*ARGS, "--seed", "9", "--out", str(out)]) == 2
-    assert "whose checkpoint checkpoint-epoch0002.pt was written with other settings (seed: 2 -> 9)" in one_line_error(capsys)
+    err = one_line_error(capsys)
+    assert "whose checkpoint checkpoint-epoch0002.pt was written with other settings (seed: 2 -> 9)" in err
     assert search_main(["--resume", str(out)]) == 2  # --resume reads the edited config.json: refused all the same
     assert "(seed: 2 -> 9)" in one_line_error(capsys)
 
