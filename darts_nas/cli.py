@@ -7,6 +7,7 @@ Flags are dashed; the original DARTS code's underscore spellings (``--batch_size
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -212,6 +213,33 @@ def _repeated_on_this_rank(exc: DartsNasError) -> bool:
     return isinstance(exc, ConfigError) and rank is not None and rank != "0"
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of one of our errors as one line. An error raised in a DataLoader worker
+    process comes back with the worker's traceback in its message: only its last line, the
+    original message, is kept."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _one_line_on_interrupt(main: Callable[..., int]) -> Callable[..., int]:
+    """Ctrl-C while a command starts (parsing, importing torch) ends it with one line and status
+    130, like Ctrl-C during a run, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print_error("interrupted while starting: nothing was trained; run the command again")
+            return 130
+
+    return wrapper
+
+
 def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
     """Call ``run(make_config())``; our own errors (invalid settings included) become one line on
     stderr and exit status 2; a graceful stop says how to resume and exits with 128 + the signal."""
@@ -222,7 +250,7 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
         return exc.exit_code
     except DartsNasError as exc:
         if not _repeated_on_this_rank(exc):
-            print_error(str(exc))
+            print_error(one_line(exc))
         return 2
     except KeyboardInterrupt as exc:  # before the run's own handlers, or a second signal while stopping
         reason = str(exc) or "interrupted"
@@ -315,6 +343,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
                           f"the file, or start the run again with its command and --overwrite") from None
 
 
+@_one_line_on_interrupt
 def search_main(argv: Sequence[str] | None = None) -> int:
     args = build_search_parser().parse_args(argv)
     if args.preset is not None and args.preset.strip().lower() == "list":
@@ -430,6 +459,7 @@ def train_config_from_args(args: argparse.Namespace):
     )
 
 
+@_one_line_on_interrupt
 def train_main(argv: Sequence[str] | None = None) -> int:
     parser = build_train_parser()
     args = parser.parse_args(argv)

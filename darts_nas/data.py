@@ -373,7 +373,10 @@ def load_rgb_image(path: str) -> Image.Image:
             if image.mode == "P" and "transparency" in image.info:
                 image = image.convert("RGBA")  # avoids Pillow's palette-transparency warning
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # not corrupt: larger than Pillow will decode
+        size = str(exc).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise DataError(f"image file {path} is too large to decode safely ({size}): shrink or delete it") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image file {path} (corrupt or not an image): delete or replace it") from exc
 
 
@@ -385,6 +388,26 @@ def _class_dirs(directory: Path) -> list[str]:
     """Sorted names of the class subfolders of ``directory`` (hidden folders are skipped)."""
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if _is_class_dir(e))
+
+
+def _walk_once(top: Path) -> list[tuple[str, list[str]]]:
+    """(directory, file names) of ``top`` and every directory below it, following links to
+    directories but entering each directory once and never one that holds ``top``: a link back
+    up the tree (a loop) would otherwise repeat images again and again, under other classes too."""
+    top_real = os.path.realpath(top)
+    seen = {top_real}
+    found = []
+    for dirpath, dirnames, fnames in os.walk(top, followlinks=True):
+        found.append((dirpath, fnames))
+        kept = []
+        for name in sorted(dirnames):  # sorted: which of two names of a directory is kept is fixed
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real in seen or top_real.startswith(real.rstrip(os.sep) + os.sep):
+                continue  # walked already under another name, or an ancestor of the class folder
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+    return found
 
 
 def _scan_images(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
@@ -402,7 +425,7 @@ def _scan_images(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[st
             continue
         found = [
             (os.path.join(dirpath, fname), label)
-            for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True))
+            for dirpath, fnames in sorted(_walk_once(class_dir))
             for fname in sorted(fnames)
             if tv_datasets.folder.has_file_allowed_extension(fname, tv_datasets.folder.IMG_EXTENSIONS)
         ]

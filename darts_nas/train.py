@@ -12,6 +12,7 @@ network is trained with DistributedDataParallel and rank 0 alone writes (:mod:`d
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def resolved_cutout(config: TrainConfig, info: DatasetInfo) -> int:
 
 
 def _info_without_training(config: TrainConfig) -> DatasetInfo:
-    root = Path(config.data).expanduser()
+    root = Path(os.path.expanduser(config.data))  # Path.expanduser raises for an unknown ~user
     # Named datasets have a known shape; their files are needed only to train.
     return get_info(config.dataset, str(root) if root.exists() else None, config.image_size)
 
@@ -166,7 +167,7 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
 def warn_if_unfinished_search(cell: str, log) -> None:
     """A --cell that names the directory of a search still running (or stopped) gets the genotype
     of its last finished epoch: say so."""
-    path = Path(cell).expanduser()
+    path = Path(os.path.expanduser(cell))
     if path.is_dir() and (path / "genotype.json").is_file() and not (path / FINISHED_MARKER).exists():
         try:
             epochs = sum(1 for line in (path / "history.jsonl").read_text().splitlines() if line.strip())

@@ -743,3 +743,34 @@ def test_run_files_are_never_written_through_links(tmp_path, capsys):
     err = one_line_error(capsys)
     assert f"will not use {out / 'log.txt'} (it is a symbolic link): remove it" in err
     assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("epochs", 2.5, "--epochs must be a whole number, got 2.5"),
+    ("seed", 2**70, "--seed must be a whole number from 0 to"),
+])
+def test_resume_flag_refuses_unusable_settings_in_config_json_in_one_line(tmp_path, reference, capsys, setting,
+                                                                           value, message):
+    out = unfinished_copy(reference, tmp_path / "run")
+    saved = json.loads((out / "config.json").read_text())
+    saved["config"][setting] = value
+    (out / "config.json").write_text(json.dumps(saved))
+    assert search_main(["--resume", str(out)]) == 2
+    assert message in one_line_error(capsys)
+
+
+INTERRUPT_AT_START = """
+import os, signal, sys, threading
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+threading.Timer(float(os.environ["INTERRUPT_AFTER"]), lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+exec(compile(open(sys.argv[0]).read(), sys.argv[0], "exec"), {"__name__": "__main__"})
+"""
+
+
+@pytest.mark.parametrize("after", ["0.05", "1.5"])  # while importing torch, while loading the data or later
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, after):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "INTERRUPT_AFTER": after}
+    result = subprocess.run([sys.executable, "-c", INTERRUPT_AT_START, str(ROOT / "train_search.py"), *ARGS,
+                             "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
+    err = result.stderr.strip()
+    assert result.returncode == 130 and err.startswith("error: ") and "\n" not in err, err
