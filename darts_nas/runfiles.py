@@ -19,12 +19,14 @@ import fcntl
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import RunDirError, RunFileError
 
 LOCK_FILE = ".lock"
+ORPHAN_WAIT_S = 15.0  # PyTorch's workers check every 5 s whether their parent is still alive
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a planted FIFO must not hang the run
 
 
@@ -111,6 +113,16 @@ def remove_file(path: str | os.PathLike) -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class RunDirLock:
     """An exclusive lock on a run directory, held from :meth:`acquire` until :meth:`release` (or
     the process's end). Under torchrun only rank 0 takes it; the others hold an empty one."""
@@ -122,16 +134,29 @@ class RunDirLock:
     def acquire(self, out: Path) -> None:
         path = out / LOCK_FILE
         fd = _opened(path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise RunFileError.from_os_error(exc, path) from None
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise RunDirError(f"{out} is in use by another darts-nas run ({who}): wait for it to finish or stop "
-                              f"it, or choose another --out") from None
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise RunFileError.from_os_error(exc, path) from None
+                if not (holder.isdigit() and not _alive(int(holder))):
+                    os.close(fd)
+                    who = f"process {holder}" if holder.isdigit() else "another process"
+                    raise RunDirError(f"{out} is in use by another darts-nas run ({who}): wait for it to finish or "
+                                      f"stop it, or choose another --out") from None
+                # The holder has ended (killed, say) but processes it forked (DataLoader workers)
+                # share its lock until they notice, within seconds: wait for them.
+                deadline = deadline or time.monotonic() + ORPHAN_WAIT_S
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise RunDirError(f"{out} is still locked by processes left over from process {holder}, which "
+                                      f"has ended: wait for them to exit, or choose another --out") from None
+                time.sleep(0.1)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

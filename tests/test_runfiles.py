@@ -101,11 +101,14 @@ def test_rotation_never_counts_junk_newer_than_the_checkpoint_written(tmp_path):
 
 
 HOLD = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from darts_nas.runfiles import RunDirLock
 lock = RunDirLock()
 lock.acquire(Path(sys.argv[1]))
+if len(sys.argv) > 2 and os.fork() == 0:  # a child sharing the lock, like a DataLoader worker
+    time.sleep(float(sys.argv[2]))
+    os._exit(0)
 print("locked", flush=True)
 sys.stdin.readline()
 """
@@ -126,4 +129,17 @@ def test_the_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_pa
     lock = RunDirLock()  # the kernel dropped the killed holder's lock: no stale lock
     lock.acquire(tmp_path)
     assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    lock.release()
+
+
+def test_a_killed_holders_leftover_children_are_waited_for(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), "1.0"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # its forked child still shares the lock for a second
+    holder.wait()
+    lock = RunDirLock()
+    lock.acquire(tmp_path)  # waits for the leftover child instead of refusing
+    assert lock.held
     lock.release()
