@@ -98,10 +98,10 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau-min", type=float, default=d.tau_min, help="gdas: temperature at the last epoch")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
-                   help="run directory (default runs/search-<dataset>-<time>)")
+                   help="run directory (default runs/search-<dataset>-<time>); one run at a time may use it (a lock)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
@@ -130,7 +130,8 @@ def _add_resume_flags(g, script: str) -> None:
                    help="also write a checkpoint inside an epoch every M minutes; may change when resuming")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help=f"continue the unfinished run in RUN_DIR from its newest valid checkpoint with the settings in "
-                        f"its config.json; flags given alongside may change only what may change on resuming "
+                        f"its config.json (or, without one, in the checkpoint); flags given alongside may change "
+                        f"only what may change on resuming "
                         f"(--data, --device, --workers, logging, checkpointing, and the learning rates to recover "
                         f"from a non-finite loss). SIGINT/SIGTERM stop a run after the current step with a "
                         f"checkpoint; `{script} --resume RUN_DIR` or the same command continues it")
@@ -421,9 +422,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="label smoothing of the cross-entropy (0.1 in the imagenet protocol)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>)")
+    g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
