@@ -3,7 +3,10 @@
 
 import sys
 
-from darts_nas.cli import train_main
-
 if __name__ == "__main__":
+    try:
+        from darts_nas.cli import train_main  # imports torch: seconds in which Ctrl-C may come
+    except KeyboardInterrupt:
+        print("error: interrupted while starting: nothing was trained; run the command again", file=sys.stderr)
+        sys.exit(130)
     sys.exit(train_main())

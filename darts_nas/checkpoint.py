@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, RunDirError, RunFileError
-from .runtime import settings_differences
+from .runfiles import read_records, remove_file
 
 # 2: checkpoints may be taken inside an epoch ("step" > 0, with the epoch's partial "progress").
 # A version-1 checkpoint (end of epoch only) reads as step 0 and still resumes.
@@ -36,7 +36,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # O_EXCL: never an existing file, nor through a link planted under the temporary's name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise RunFileError.from_os_error(exc, path) from exc
     try:
@@ -71,7 +72,7 @@ def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
     only writer of its directory, so any left when it starts are stale)."""
     stale = [p for p in Path(out).glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)]
     for path in stale:
-        path.unlink(missing_ok=True)
+        remove_file(path)
     return stale
 
 
@@ -123,15 +124,18 @@ def _position(path: Path) -> tuple[int, float]:
 
 
 def numbered_checkpoints(out: str | os.PathLike) -> list[Path]:
-    """The run's numbered checkpoints, newest first (those taken inside an epoch included)."""
-    paths = [p for p in Path(out).glob("checkpoint-epoch*.pt") if _NUMBERED.fullmatch(p.name)]
+    """The run's numbered checkpoints, newest first (those taken inside an epoch included); a link
+    under such a name is not one (it is neither read nor removed)."""
+    paths = [p for p in Path(out).glob("checkpoint-epoch*.pt")
+             if _NUMBERED.fullmatch(p.name) and not p.is_symlink() and p.is_file()]
     return sorted(paths, key=_position, reverse=True)
 
 
 def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int, step: int = 0) -> Path:
     """Write the numbered checkpoint (:func:`checkpoint_name`) atomically, point ``checkpoint.pt``
     at it (a hard link, replaced atomically; a copy where links are not supported) and keep the
-    newest ``keep``."""
+    newest ``keep`` of those up to this one: a file that names a later position (junk, or a
+    checkpoint from elsewhere) never pushes out the checkpoint just written."""
     out = Path(out)
     path = out / checkpoint_name(epoch, step)
     save_checkpoint(path, state)
@@ -141,25 +145,34 @@ def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], kee
         os.link(path, tmp)
         os.replace(tmp, latest)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        remove_file(tmp)
         atomic_write_bytes(latest, path.read_bytes())
-    for old in numbered_checkpoints(out)[max(keep, 1):]:
-        old.unlink(missing_ok=True)
+    here = _position(path)
+    for old in [p for p in numbered_checkpoints(out) if _position(p) <= here][max(keep, 1):]:
+        remove_file(old)
     return path
 
 
 def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.device = "cpu",
-                      kind: str | None = None) -> dict[str, Any] | None:
+                      kind: str | None = None, check=None) -> dict[str, Any] | None:
     """The newest numbered checkpoint that loads; a corrupt one is skipped with a one-line
     warning (the previous one is used), and a run none of whose checkpoints loads is refused.
+    Without numbered checkpoints, ``checkpoint.pt`` (the latest) is used when it is there.
     None when the run has no checkpoint yet. With ``kind``,
-    a checkpoint of another kind of run (a retraining's in a search directory) is refused."""
+    a checkpoint of another kind of run (a retraining's in a search directory) is refused.
+    ``check(state, path)`` may raise :class:`CheckpointError` for a checkpoint that loads but is
+    incomplete or inconsistent: it is skipped like a corrupt one."""
     paths = numbered_checkpoints(out)
+    latest = Path(out) / "checkpoint.pt"
+    if not paths and latest.is_file() and not latest.is_symlink():
+        paths = [latest]
     for path in paths:
         try:
             state = load_checkpoint(path, map_location)
-            if not isinstance(state.get("epoch"), int):
+            if not isinstance(state.get("epoch"), int) or isinstance(state.get("epoch"), bool):
                 raise CheckpointError(f"checkpoint {path} is incomplete (it records no epoch)")
+            if check is not None and state.get("kind", kind) == kind:
+                check(state, path)
         except CheckpointError as exc:
             if path == paths[-1]:
                 # Starting afresh would throw away the run's history with its (perhaps recoverable) files.
@@ -178,45 +191,24 @@ def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.de
     return None
 
 
-def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set[str], warn,
-                      map_location: str | torch.device = "cpu", title: str | None = None
-                      ) -> dict[str, Any] | None:
-    """The newest valid checkpoint of an unfinished run in ``out``, or None to start afresh.
-
-    ``kind`` is the checkpoints' kind (``search`` or ``train``). A run started with other
-    settings (those not in ``ignore``) is refused, naming each one.
-    """
-    title = title or kind
-    config_file = Path(out) / "config.json"
-    if not config_file.exists():
-        return None
-    try:
-        saved = json.loads(config_file.read_text())["config"]
-        if not isinstance(saved, dict):
-            raise TypeError("the settings are not a JSON object")
-    except (ValueError, KeyError, TypeError):
-        raise RunDirError(f"{config_file} is unreadable, so the unfinished {title} in {out} cannot be "
-                          f"resumed: pass --overwrite to start again, or choose another --out") from None
-    differences = settings_differences(saved, current, ignore)
-    if differences:
-        raise RunDirError(f"{out} holds an unfinished {title} started with other settings "
-                          f"({'; '.join(differences)}): rerun with the original settings to resume it, "
-                          f"or choose another --out, or pass --overwrite to start again")
-    return load_newest_valid(out, warn, map_location, kind=kind)
-
-
 def clear_run_files(out: Path, run_files: tuple[str, ...]) -> None:
     """Remove what a run writes (but its log) before it starts afresh in ``out``."""
     for name in run_files:
         if name != "log.txt":
-            (Path(out) / name).unlink(missing_ok=True)
+            remove_file(Path(out) / name)
     for path in numbered_checkpoints(out):
-        path.unlink()
+        remove_file(path)
 
 
-def truncate_jsonl(path: Path, epochs: int) -> None:
-    """Keep the records of the first ``epochs`` epochs (a resumed run writes the rest again)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epochs]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+def truncate_jsonl(path: Path, epochs: int, warn=None) -> None:
+    """Keep the records of the first ``epochs`` epochs (a resumed run writes the rest again). A
+    torn last line is dropped (``warn`` is told); a damaged one before it, or a record without an
+    epoch number, is refused naming the file and the line."""
+    if not os.path.lexists(path):
+        return
+    records = read_records(path, warn)
+    for i, record in enumerate(records):
+        if not isinstance(record.get("epoch"), int):
+            raise RunDirError(f"{path}: record {i + 1} has no epoch number: delete or repair that line, or pass "
+                              f"--overwrite to start the run afresh")
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records if r["epoch"] <= epochs))

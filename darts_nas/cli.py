@@ -7,6 +7,7 @@ Flags are dashed; the original DARTS code's underscore spellings (``--batch_size
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -115,10 +116,10 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
-                   help="run directory (default runs/search-<dataset>-<time>)")
+                   help="run directory (default runs/search-<dataset>-<time>); one run at a time may use it (a lock)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
@@ -147,7 +148,8 @@ def _add_resume_flags(g, script: str) -> None:
                    help="also write a checkpoint inside an epoch every M minutes; may change when resuming")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help=f"continue the unfinished run in RUN_DIR from its newest valid checkpoint with the settings in "
-                        f"its config.json; flags given alongside may change only what may change on resuming "
+                        f"its config.json (or, without one, in the checkpoint); flags given alongside may change "
+                        f"only what may change on resuming "
                         f"(--data, --device, --workers, logging, checkpointing, and the learning rates to recover "
                         f"from a non-finite loss). SIGINT/SIGTERM stop a run after the current step with a "
                         f"checkpoint; `{script} --resume RUN_DIR` or the same command continues it")
@@ -234,6 +236,33 @@ def _repeated_on_this_rank(exc: DartsNasError) -> bool:
     return isinstance(exc, ConfigError) and rank is not None and rank != "0"
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of one of our errors as one line. An error raised in a DataLoader worker
+    process comes back with the worker's traceback in its message: only its last line, the
+    original message, is kept."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _one_line_on_interrupt(main: Callable[..., int]) -> Callable[..., int]:
+    """Ctrl-C while a command starts (parsing, importing torch) ends it with one line and status
+    130, like Ctrl-C during a run, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print_error("interrupted while starting: nothing was trained; run the command again")
+            return 130
+
+    return wrapper
+
+
 def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
     """Call ``run(make_config())``; our own errors (invalid settings included) become one line on
     stderr and exit status 2; a graceful stop says how to resume and exits with 128 + the signal."""
@@ -244,7 +273,7 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
         return exc.exit_code
     except DartsNasError as exc:
         if not _repeated_on_this_rank(exc):
-            print_error(str(exc))
+            print_error(one_line(exc))
         return 2
     except KeyboardInterrupt as exc:  # before the run's own handlers, or a second signal while stopping
         reason = str(exc) or "interrupted"
@@ -287,6 +316,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     given alongside ``--resume`` applied where they may change. Refuses, with the fix, a directory
     that holds nothing to resume."""
     from .checkpoint import numbered_checkpoints
+    from .resume import checkpoint_settings
     from .runtime import run_kind
 
     title, script = ("search", "train_search.py") if kind == "search" else ("training run", "train_final.py")
@@ -304,8 +334,10 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
         if not isinstance(saved, dict):
             raise TypeError("the settings are not a JSON object")
     except FileNotFoundError:
-        raise RunDirError(f"--resume {path}: the directory holds no run (no config.json): give the --out directory "
-                          f"of an interrupted {title}") from None
+        saved = checkpoint_settings(path)  # a checkpoint carries its settings: config.json may be gone
+        if saved is None:
+            raise RunDirError(f"--resume {path}: the directory holds no run (no config.json): give the --out "
+                              f"directory of an interrupted {title}") from None
     except (ValueError, KeyError, TypeError, OSError):
         raise RunDirError(f"--resume {path}: its config.json is unreadable, so the run cannot be resumed: start it "
                           f"again with its command and --overwrite") from None
@@ -315,7 +347,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     if (path / finished).exists() and not comparison_pending(path, saved, finished):
         raise RunDirError(f"--resume {path}: it holds a finished {title} ({finished} is there): nothing to resume; "
                           f"choose another --out for a new run")
-    if not numbered_checkpoints(path):
+    if not numbered_checkpoints(path) and not (path / "checkpoint.pt").is_file():
         raise RunDirError(f"--resume {path}: it holds no checkpoint to resume from (the run stopped before its "
                           f"first one): start it again with its command and --out {path} --overwrite")
     wanted = from_flags.to_dict()
@@ -334,6 +366,7 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
                           f"the file, or start the run again with its command and --overwrite") from None
 
 
+@_one_line_on_interrupt
 def search_main(argv: Sequence[str] | None = None) -> int:
     args = build_search_parser().parse_args(argv)
     if args.preset is not None and args.preset.strip().lower() == "list":
@@ -411,9 +444,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="label smoothing of the cross-entropy (0.1 in the imagenet protocol)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>)")
+    g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
@@ -449,6 +482,7 @@ def train_config_from_args(args: argparse.Namespace):
     )
 
 
+@_one_line_on_interrupt
 def train_main(argv: Sequence[str] | None = None) -> int:
     parser = build_train_parser()
     args = parser.parse_args(argv)

@@ -50,12 +50,34 @@ class _Settings:
 
 def _check_finite(settings) -> None:
     """NaN or infinity in a numeric setting: refused, before it reaches an optimizer (and
-    config.json, where NaN != NaN would make the run impossible to resume)."""
+    config.json, where NaN != NaN would make the run impossible to resume). So are a count that
+    is not a whole number and values no run can use (:func:`_check_usable`)."""
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
         values = value if isinstance(value, tuple) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
+    _check_usable(settings)
+
+
+SEED_RANGE = (0, 2**32 - 1)  # NumPy's seed range; torch's generators overflow above 2**63
+
+
+def _check_usable(settings) -> None:
+    """Settings that would be accepted only to fail later (a config.json edited by hand, read by
+    ``--resume``, or an absurd flag): a whole-number setting that is not an integer, a seed out of
+    range, SGD momentum of 1 or more (every step would grow the update)."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.type in ("int", "int | None") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"--{field.name.replace('_', '-')} must be a whole number, got {value!r}")
+    low, high = SEED_RANGE
+    if not low <= settings.seed <= high:
+        raise ConfigError(f"--seed must be a whole number from {low} to {high}, got {settings.seed}")
+    momentum = getattr(settings, "momentum", 0.0)
+    if isinstance(momentum, (int, float)) and not momentum < 1:
+        raise ConfigError(f"--momentum must be below 1 (0.9 in the paper; at 1 or more SGD diverges), got {momentum}")
 
 
 def _check_checkpoint_intervals(settings) -> None:

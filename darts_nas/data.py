@@ -18,6 +18,8 @@ Nothing here touches the disk or imports scikit-learn at import time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -46,6 +48,7 @@ __all__ = [
     "get_info",
     "load_dataset",
     "split_indices",
+    "data_split",
     "InfiniteLoader",
     "TransformedSubset",
     "SearchData",
@@ -370,7 +373,10 @@ def load_rgb_image(path: str) -> Image.Image:
             if image.mode == "P" and "transparency" in image.info:
                 image = image.convert("RGBA")  # avoids Pillow's palette-transparency warning
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # not corrupt: larger than Pillow will decode
+        size = str(exc).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise DataError(f"image file {path} is too large to decode safely ({size}): shrink or delete it") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image file {path} (corrupt or not an image): delete or replace it") from exc
 
 
@@ -382,6 +388,26 @@ def _class_dirs(directory: Path) -> list[str]:
     """Sorted names of the class subfolders of ``directory`` (hidden folders are skipped)."""
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if _is_class_dir(e))
+
+
+def _walk_once(top: Path) -> list[tuple[str, list[str]]]:
+    """(directory, file names) of ``top`` and every directory below it, following links to
+    directories but entering each directory once and never one that holds ``top``: a link back
+    up the tree (a loop) would otherwise repeat images again and again, under other classes too."""
+    top_real = os.path.realpath(top)
+    seen = {top_real}
+    found = []
+    for dirpath, dirnames, fnames in os.walk(top, followlinks=True):
+        found.append((dirpath, fnames))
+        kept = []
+        for name in sorted(dirnames):  # sorted: which of two names of a directory is kept is fixed
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real in seen or top_real.startswith(real.rstrip(os.sep) + os.sep):
+                continue  # walked already under another name, or an ancestor of the class folder
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+    return found
 
 
 def _scan_images(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
@@ -399,7 +425,7 @@ def _scan_images(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[st
             continue
         found = [
             (os.path.join(dirpath, fname), label)
-            for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True))
+            for dirpath, fnames in sorted(_walk_once(class_dir))
             for fname in sorted(fnames)
             if tv_datasets.folder.has_file_allowed_extension(fname, tv_datasets.folder.IMG_EXTENSIONS)
         ]
@@ -740,6 +766,29 @@ def split_indices(n: int, train_portion: float, seed: int) -> tuple[list[int], l
     return weight_idx, arch_idx
 
 
+def _images_of(dataset: Dataset) -> Any:
+    """What identifies the images of ``dataset``, in order: each file (relative to its root, so a
+    moved ``--data`` still matches) and label for folder datasets, else their number."""
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list):
+        root = str(getattr(dataset, "root", "") or "")
+        return [[os.path.relpath(str(p), root) if root else str(p), int(c)] for p, c in samples]
+    inner, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    if inner is not None and indices is not None:  # Subset, TransformedSubset
+        return {"of": _images_of(inner), "indices": [int(i) for i in indices]}
+    return len(dataset)
+
+
+def data_split(train: Dataset, *parts: Sequence[int] | Dataset) -> dict[str, Any]:
+    """The fingerprint of which images a run trains on, stored in its checkpoints: the number of
+    training images and a SHA-256 of their files (or count) and of ``parts`` (the search's two
+    halves as index lists, or a retraining's test set). A resumed run must see the same."""
+    identity = [_images_of(train), *[_images_of(p) if isinstance(p, Dataset) else [int(i) for i in p]
+                                     for p in parts]]
+    digest = hashlib.sha256(json.dumps(identity, separators=(",", ":")).encode("utf-8")).hexdigest()
+    return {"images": len(train), "sha256": digest[:32]}
+
+
 class InfiniteLoader:
     """Endless batches from a DataLoader, through one persistent iterator.
 
@@ -920,6 +969,7 @@ class SearchData:
     # One ordered pass over the architecture half without augmentation, to measure the
     # supernet's validation loss/accuracy; search_data always sets it.
     arch_eval_loader: DataLoader | None = None
+    split: dict[str, Any] | None = None  # data_split(): which images, in which half
 
 
 def search_data(
@@ -973,6 +1023,7 @@ def search_data(
         num_weight=len(weight_idx),
         num_arch=len(arch_idx),
         arch_eval_loader=arch_eval_loader,
+        split=data_split(dataset, weight_idx, arch_idx),
     )
 
 
@@ -985,6 +1036,7 @@ class TrainTestData:
     info: DatasetInfo
     num_train: int
     num_test: int
+    split: dict[str, Any] | None = None  # data_split(): which training and test images
 
 
 def train_test_data(
@@ -1011,4 +1063,5 @@ def train_test_data(
         info=info,
         num_train=len(train_set),
         num_test=len(test_set),
+        split=data_split(train_set, test_set),
     )

@@ -192,6 +192,7 @@ def search_data_on_device(data: SearchData, device: torch.device) -> SearchData:
         weight_loader=_like(data.weight_loader, w_images, w_labels, data.info, device, augment=True),
         arch_loader=arch, info=data.info, num_weight=data.num_weight, num_arch=data.num_arch,
         arch_eval_loader=_like(data.arch_eval_loader, a_images, a_labels, data.info, device, augment=False),
+        split=data.split,
     )
 
 
@@ -203,7 +204,7 @@ def train_test_data_on_device(data: TrainTestData, device: torch.device, cutout:
     return TrainTestData(
         train_loader=_like(data.train_loader, train_images, train_labels, data.info, device, True, cutout),
         test_loader=_like(data.test_loader, test_images, test_labels, data.info, device, False),
-        info=data.info, num_train=data.num_train, num_test=data.num_test,
+        info=data.info, num_train=data.num_train, num_test=data.num_test, split=data.split,
     )
 
 

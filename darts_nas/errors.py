@@ -45,10 +45,15 @@ class RunFileError(RunDirError, OSError):
     @classmethod
     def from_os_error(cls, exc: OSError, path) -> "RunFileError":
         reason = exc.strerror or str(exc)
-        error = cls(exc.errno, reason, str(path))
         full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
         fix = "free disk space" if full else f"make {Path(path).parent} writable"
-        error.message = (f"cannot write {path} ({reason}): {fix} or choose another --out (any checkpoints "
+        if exc.errno == errno.ELOOP or exc.errno == errno.EINVAL and reason == "not a regular file":
+            # O_NOFOLLOW met a planted link (or a FIFO, a directory): never written through.
+            reason = "it is a symbolic link" if exc.errno == errno.ELOOP else "it is not a regular file"
+            fix = "remove it (a run never writes through links or into special files)"
+        error = cls(exc.errno, reason, str(path))
+        verb = "cannot write" if fix.startswith(("free", "make")) else "will not use"
+        error.message = (f"{verb} {path} ({reason}): {fix} or choose another --out (any checkpoints "
                          f"already written are intact; run the same command again to resume)")
         return error
 

@@ -52,6 +52,10 @@ _CELLS = ("normal", "reduce")
 _MAX_DIGITS = 18
 _MAX_DEPTH = 8
 _MAX_RANGE = 10_000
+# Intermediate nodes per cell: published cells have 4 or 5; far more is a typo or a hostile
+# input, which would otherwise cost seconds to check and a network nobody can build.
+MAX_NODES = 100
+MAX_TEXT = 1 << 20  # characters of genotype text (a 100-node cell pair is about 10 KB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +100,11 @@ def _to_cell(value: Any, name: str) -> tuple[tuple[str, int], ...]:
             f"{name} has {len(value)} (op, input) pairs, an odd number; "
             f"every intermediate node needs exactly two"
         )
+    if len(value) // 2 > MAX_NODES:
+        raise GenotypeError(
+            f"{name} has {len(value) // 2} intermediate nodes, more than the {MAX_NODES} a cell may have; "
+            f"check the genotype (published cells have 4 or 5)"
+        )
     pairs = []
     for k, pair in enumerate(value):
         where = f"{name}[{k}]"
@@ -137,7 +146,10 @@ def _to_concat(value: Any, name: str, steps: int) -> tuple[int, ...]:
             f"{name} is empty; list the nodes whose outputs the cell concatenates, e.g. [2, 3, 4, 5]"
         )
     last = 1 + steps
-    seen: list[int] = []
+    if len(value) > last + 1:  # more entries than nodes: some node is listed twice
+        raise GenotypeError(f"{name} has {len(value)} entries but the cell only has nodes 0..{last}; "
+                            f"list each node once")
+    seen: dict[int, None] = {}  # ordered, with O(1) membership: the check stays linear
     for k, node in enumerate(value):
         node = _as_int(node, f"{name}[{k}]")
         if not 0 <= node <= last:
@@ -147,7 +159,7 @@ def _to_concat(value: Any, name: str, steps: int) -> tuple[int, ...]:
             )
         if node in seen:
             raise GenotypeError(f"{name} lists node {node} twice; list each node once")
-        seen.append(node)
+        seen[node] = None
     return tuple(seen)
 
 
@@ -744,6 +756,9 @@ def parse(text: str) -> Genotype:
     """
     if not isinstance(text, str):
         raise GenotypeError(f"genotype text must be a string, got {_describe(text)}")
+    if len(text) > MAX_TEXT:
+        raise GenotypeError(f"genotype text of {len(text):,} characters is too long to be a cell (at most "
+                            f"{MAX_TEXT:,}); check that it is a genotype")
     stripped = text.strip()
     if stripped.startswith("{"):
         return Genotype.from_json(stripped)
@@ -947,7 +962,7 @@ def resolve(spec: str | os.PathLike) -> Genotype:
         raise GenotypeError(
             f"a genotype spec must be a path, a cell name or genotype text, got {_describe(spec)}"
         )
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))  # Path.expanduser raises for an unknown ~user
     try:
         is_file, is_dir = path.is_file(), path.is_dir()
     except (OSError, ValueError):  # text too long for a file name, or with a NUL in it

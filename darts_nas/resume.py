@@ -9,55 +9,187 @@ steps or ``--checkpoint-minutes`` minutes, and when a stop was requested writes 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .checkpoint import clear_run_files, remove_stale_temporaries, resume_checkpoint
+from .checkpoint import (clear_run_files, load_newest_valid, numbered_checkpoints, remove_stale_temporaries,
+                         truncate_jsonl)
 from .engine import EpochProgress, NonFiniteLossError
 from .errors import CheckpointError, RunDirError, RunStopped
+from .runfiles import read_bytes
+from .runtime import settings_differences
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+# What a checkpoint of each kind must hold for the run to continue from it (besides "epoch"):
+# one without them is skipped like a corrupt one, in favour of the previous checkpoint.
+CHECKPOINT_KEYS = {
+    "search": ("config", "model", "w_optimizer", "a_optimizer", "scheduler", "arch_loader", "rng", "arch_eval"),
+    "train": ("config", "model", "optimizer", "scheduler", "genotype", "rng", "test", "best_test_acc"),
+}
+
+
 def resume_or_start_afresh(out: Path, kind: str, what: str, settings: dict, ignore: set[str], run_files,
                            log: Callable[[str], None], *, fresh: bool, resume_only: bool, map_location,
-                           title: str | None = None, overwrite: bool = False) -> dict | None:
+                           title: str | None = None, overwrite: bool = False,
+                           expected: dict[str, Any] | None = None) -> dict | None:
     """The newest valid checkpoint of the unfinished run in ``out`` (``kind``: search or train),
     or None after clearing what an earlier attempt left (``fresh`` starts afresh regardless).
     ``resume_only`` (``--resume``) makes a missing checkpoint an error.
 
-    An unfinished run started with other settings (or by the other script) is refused, unless
-    ``overwrite`` (``--overwrite``): then it is replaced. One with the same settings is resumed
-    either way, because the resumed run ends as the uninterrupted one would."""
+    What is compared, all here: the settings (those not in ``ignore``) with ``config.json`` and
+    with the checkpoint's own; and each ``expected`` entry (the genotype of a retraining, the
+    data split) with the checkpoint's entry of that name. An unfinished run that differs (or was
+    started by the other script) is refused in one line naming the difference, unless
+    ``overwrite`` (``--overwrite``): then it is replaced. One that matches is resumed either way,
+    because the resumed run ends as the uninterrupted one would; its JSON-lines records are cut
+    back to the checkpoint's epoch.
+
+    Nothing is deleted without ``overwrite`` that this run cannot tell it wrote: checkpoints are
+    resumed (even without ``config.json``) or refused, never cleared, and run files in a
+    directory without ``config.json`` are refused, naming them.
+    """
     from .tracking import remove_event_files  # tracking imports torch.utils.tensorboard: keep it lazy
 
+    title = title or kind
     remove_stale_temporaries(out)
     resume = None
     if not fresh:
         try:
-            resume = resume_checkpoint(out, kind, settings, ignore, log, map_location=map_location, title=title)
+            resume = resume_checkpoint(out, kind, settings, ignore, log, map_location=map_location, title=title,
+                                       expected=expected)
         except (RunDirError, CheckpointError) as exc:
             if not overwrite:
                 raise
-            log(f"--overwrite: what {out} holds cannot be resumed with these settings, so the {title or kind} "
+            log(f"--overwrite: what {out} holds cannot be resumed with these settings, so the {title} "
                 f"starts afresh ({exc})")
         else:
             if resume is not None and overwrite:
-                log(f"--overwrite replaces finished runs only: {out} holds an unfinished {title or kind} with the "
+                log(f"--overwrite replaces finished runs only: {out} holds an unfinished {title} with the "
                     f"same settings, which is resumed (delete the directory to start it afresh)")
     if resume is None and resume_only:
         raise RunDirError(f"{out} holds no valid checkpoint to resume from: start the {what} again with "
                           f"--out {out} --overwrite (and its settings), or resume another run directory")
-    if resume is None:  # starting afresh: nothing of an earlier attempt may mix in
-        clear_run_files(out, run_files)
-        remove_event_files(out)
-    return resume
+    if resume is not None:
+        for name in run_files:
+            if name.endswith(".jsonl"):  # the epochs after the checkpoint are written again
+                truncate_jsonl(Path(out) / name, resume["epoch"], log)
+        return resume
+    if not overwrite:
+        refuse_to_clear(out, run_files, title)
+    clear_run_files(out, run_files)  # starting afresh: nothing of an earlier attempt may mix in
+    remove_event_files(out)
+    return None
+
+
+def refuse_to_clear(out: Path, run_files, title: str) -> None:
+    """Before a run starts afresh in ``out`` without ``--overwrite``: refuse when that would delete
+    a checkpoint, or files of a run's names in a directory holding no run (no config.json)."""
+    checkpoints = [p.name for p in numbered_checkpoints(out)]
+    if (Path(out) / "checkpoint.pt").exists():
+        checkpoints.append("checkpoint.pt")
+    if checkpoints:
+        raise RunDirError(f"{out} holds checkpoints ({', '.join(checkpoints)}) this {title} would delete to start "
+                          f"afresh: choose another --out, or pass --overwrite to replace them")
+    if os.path.lexists(Path(out) / "config.json"):
+        return  # an earlier attempt of a run, stopped before its first checkpoint
+    found = [name for name in run_files if name != "log.txt" and os.path.lexists(Path(out) / name)]
+    if found:
+        raise RunDirError(f"{out} holds {', '.join(found)} but no darts-nas run (no config.json), so they were not "
+                          f"written by one: nothing was changed; move them away, choose another --out, or pass "
+                          f"--overwrite to replace them")
+
+
+def resume_checkpoint(out: Path, kind: str, current: dict[str, Any], ignore: set[str], warn,
+                      map_location: str | torch.device = "cpu", title: str | None = None,
+                      expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The newest valid checkpoint of an unfinished run in ``out``, or None when it has none.
+
+    ``kind`` is the checkpoints' kind (``search`` or ``train``). Refused, naming the difference:
+    a ``config.json`` or a checkpoint whose settings (those not in ``ignore``) differ from
+    ``current``, and a checkpoint whose entry differs from one in ``expected``.
+    """
+    title = title or kind
+    config_file = Path(out) / "config.json"
+    has_config = os.path.lexists(config_file)
+    if has_config:
+        try:
+            saved = json.loads(read_bytes(config_file))["config"]
+            if not isinstance(saved, dict):
+                raise TypeError("the settings are not a JSON object")
+        except (ValueError, KeyError, TypeError, OSError):
+            raise RunDirError(f"{config_file} is unreadable, so the unfinished {title} in {out} cannot be "
+                              f"resumed: pass --overwrite to start again, or choose another --out") from None
+        _refuse_differences(out, title, settings_differences(saved, current, ignore))
+    state = load_newest_valid(out, warn, map_location, kind=kind, check=lambda s, p: check_complete(s, p, kind))
+    if state is None:
+        return None
+    name = Path(state["path"]).name
+    _refuse_differences(out, title, settings_differences(state["config"], current, ignore), f"checkpoint {name}")
+    for key, value in (expected or {}).items():
+        if key in state and state[key] != value:  # older checkpoints lack some entries: nothing to compare
+            raise RunDirError(f"{out} holds an unfinished {title} whose checkpoint {name} "
+                              f"{_what_differs(key, state[key], value)}: choose another --out, or pass --overwrite "
+                              f"to start again")
+    if not has_config:
+        warn(f"warning: {config_file} is missing; resuming from {name}, whose own settings match (config.json is "
+             f"written again)")
+    return state
+
+
+def checkpoint_settings(out: Path) -> dict[str, Any] | None:
+    """The settings recorded in the newest readable checkpoint in ``out`` (for ``--resume`` of a
+    run whose config.json is gone), or None."""
+    try:
+        state = load_newest_valid(out, lambda message: None)
+    except CheckpointError:
+        return None
+    return state["config"] if state is not None and isinstance(state.get("config"), dict) else None
+
+
+def _refuse_differences(out: Path, title: str, differences: list[str], where: str = "") -> None:
+    if differences:
+        started = f"whose {where} was written with" if where else "started with"
+        raise RunDirError(f"{out} holds an unfinished {title} {started} other settings ({'; '.join(differences)}): "
+                          f"rerun with the original settings to resume it, or choose another --out, or pass "
+                          f"--overwrite to start again")
+
+
+def _what_differs(key: str, saved: Any, now: Any) -> str:
+    """How a checkpoint's ``expected`` entry ``key`` differs, as the end of a sentence."""
+    if key == "genotype" and isinstance(saved, dict) and isinstance(now, dict):
+        parts = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        return (f"trained another cell ({', '.join(parts)} differ from the --cell given now; the run's cell is "
+                f"in its genotype.json): pass that cell to resume")
+    if key == "data_split" and isinstance(saved, dict) and isinstance(now, dict):
+        counts = f"{saved.get('images')} images then, {now.get('images')} now"
+        return (f"was trained on other data ({counts}; the images or their split changed): restore the "
+                f"images the run started with to resume")
+    return f"records another {key} than this run has"
+
+
+def check_complete(state: dict[str, Any], path: Path, kind: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` holds what a ``kind`` run continues from,
+    with an epoch and step inside its own run (``"epoch": 99`` of a 3-epoch run is damaged)."""
+    missing = [key for key in CHECKPOINT_KEYS.get(kind, ()) if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete (it lacks {', '.join(missing)})")
+    epochs = state["config"].get("epochs") if isinstance(state["config"], dict) else None
+    epoch, step = state["epoch"], state.get("step", 0)
+    if not isinstance(epochs, int) or not 0 <= epoch <= epochs:
+        raise CheckpointError(f"checkpoint {path} records epoch {epoch} of a run of {epochs} epochs")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or step > 0 and (
+            epoch >= epochs or not isinstance(state.get("progress"), dict)):
+        raise CheckpointError(f"checkpoint {path} records an impossible position (epoch {epoch}, step {step!r})")
 
 
 class StopNow(KeyboardInterrupt):

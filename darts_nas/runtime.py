@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checkpoint import numbered_checkpoints
 from .errors import ConfigError, RunDirError
+from .runfiles import RunDirLock
 
 FINISHED_MARKER = "summary.json"
 
@@ -96,8 +99,12 @@ def _other_kind_of_run(path: Path, kind: str) -> str | None:
 
 def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
                     owned_files: tuple[str, ...], finished_marker: str = FINISHED_MARKER,
-                    allow_unfinished: bool = False) -> Path:
+                    allow_unfinished: bool = False, lock: RunDirLock | None = None) -> Path:
     """Create (or reuse) the run directory, refusing to clobber an earlier run silently.
+
+    With ``lock``, the directory is locked (:class:`~darts_nas.runfiles.RunDirLock`) before
+    anything in it is looked at, and stays locked until the caller releases the lock: a second
+    run on the same directory is refused, naming the first one's process.
 
     With ``overwrite`` a finished run's files (``owned_files``) are removed first; anything else a
     user keeps in the directory is left alone. An unfinished run is left as it is, overwrite or
@@ -107,9 +114,44 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
     """
     if out is None:
         out = os.path.join("runs", f"{kind}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not str(out).strip():
+        raise RunDirError("--out is empty: give the run directory (or leave --out out for "
+                          "runs/<kind>-<dataset>-<time>)")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory: choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if lock is not None:
+            lock.acquire(path)
+        # O_EXCL: a fresh name of our own, never a file (or link) that is already there.
+        probe = path / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+        os.unlink(probe)
+    except RunDirError:
+        raise
+    except OSError as exc:
+        if lock is not None:
+            lock.release()
+        raise RunDirError(f"cannot write to the output directory {path} ({exc.strerror}): "
+                          f"choose a writable --out") from None
+    try:
+        _check_earlier_run(path, kind, overwrite, finished_marker, allow_unfinished)
+    except RunDirError:
+        if lock is not None:
+            lock.release()
+        raise
+    if overwrite and (path / finished_marker).exists():
+        for name in owned_files:
+            target = path / name
+            if target.is_file() or target.is_symlink():
+                target.unlink()  # a link itself, never its target
+        for target in numbered_checkpoints(path):  # the finished run's: it starts afresh, not resumed
+            target.unlink()
+    return path
+
+
+def _check_earlier_run(path: Path, kind: str, overwrite: bool, finished_marker: str, allow_unfinished: bool) -> None:
     other = _other_kind_of_run(path, kind)
     if other is not None:
         # Never replaced, --overwrite or not: the two scripts own different files, and clearing
@@ -123,20 +165,6 @@ def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,
         if (path / "config.json").exists() and not allow_unfinished:
             raise RunDirError(f"{path} already holds an unfinished {kind} run: choose another --out, "
                               f"or pass --overwrite to start it again")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"cannot write to the output directory {path} ({exc.strerror}): "
-                          f"choose a writable --out") from None
-    if overwrite and (path / finished_marker).exists():
-        for name in owned_files:
-            target = path / name
-            if target.is_file():
-                target.unlink()
-    return path
 
 
 def git_commit() -> str | None:

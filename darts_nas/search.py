@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .accel import Speed, answer_out_of_memory
-from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating, truncate_jsonl
+from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
 from .config import SearchConfig
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
@@ -37,6 +37,7 @@ from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
 from .methods import METHODS
+from .runfiles import RunDirLock
 from .spaces import SEARCH_SPACES
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard
 
@@ -106,15 +107,17 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     data = ctx.shard_search_data(data, config.batch_size)
     if not ctx.is_distributed and use_device_data(config.gpu_data, device, data.info):
         data = search_data_on_device(data, device)
+    lock = RunDirLock()  # held by rank 0 for the whole run: one run per directory
     out = ctx.on_main(lambda: prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
-                                              allow_unfinished=True))
+                                              allow_unfinished=True, lock=lock))
     config = config.replace(out=str(out))
-    log = ctx.run_log(out, quiet=quiet)
+    log = lock.released_on_error(lambda: ctx.run_log(out, quiet=quiet))
     try:
         ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
             out, "search", "search", config.to_dict(), ignore, RUN_FILES, log.info, fresh=False,
-            overwrite=config.overwrite, resume_only=resume_only, map_location=ctx.checkpoint_location))
+            overwrite=config.overwrite, resume_only=resume_only, map_location=ctx.checkpoint_location,
+            expected={"data_split": data.split}))
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         diagrams = CellDiagrams(warn=log.info)
         board = SearchBoard(out, enabled=config.tensorboard, diagrams=diagrams,
@@ -133,6 +136,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
             board.close()
     finally:
         log.close()
+        lock.release()
 
 
 def check_distributed_settings(config, ctx: Distributed) -> None:
@@ -210,9 +214,6 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                 f"model or data set; choose another --out, or pass --overwrite to start again") from None
         start_epoch, start_step = resume["epoch"], resume["step"]
         _lower_learning_rates(resume["config"], config, w_optimizer, scheduler, architect.optimizer, log)
-        if ctx.is_main:
-            truncate_jsonl(out / "metrics.jsonl", start_epoch)
-            truncate_jsonl(out / "history.jsonl", start_epoch)
         where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
         log.info(f"resuming {out} {where} of {config.epochs}")
 
@@ -255,7 +256,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "model": model.state_dict(), "w_optimizer": w_optimizer.state_dict(),
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
-            "arch_eval": arch_eval, "method": method.state_dict(),
+            "arch_eval": arch_eval, "method": method.state_dict(), "data_split": data.split,
         }
 
     checkpoints = StepCheckpoints(

@@ -9,8 +9,8 @@ main one, they do nothing. :class:`CellDiagrams` writes ``cell_*.dot`` (and, wit
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,41 +25,43 @@ from .drawing import (CELL_TITLES, DOT_MISSING_HINT, OUTPUT_NAME, GraphvizError,
 from .errors import RunFileError
 from .genotype import Genotype
 from .ops import PARAMETER_FREE
+from .runfiles import append_record, open_for_append, read_records, write_all
 
 
 class RunLog:
     """Prints progress to the console and appends the same lines to ``<out>/log.txt``;
-    appends metric records to JSON-lines files of the run directory."""
+    appends metric records to JSON-lines files of the run directory. Neither is ever written
+    through a link planted under its name (:mod:`darts_nas.runfiles`)."""
 
     def __init__(self, out: Path, quiet: bool = False) -> None:
         self.out = out
         self.quiet = quiet
-        self._log = open(out / "log.txt", "a", encoding="utf-8")
+        self._log: int | None = open_for_append(out / "log.txt")
 
     def info(self, message: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {message}"
         if not self.quiet:
             print(line, flush=True)
+        if self._log is None:
+            return
         try:
-            self._log.write(line + "\n")
-            self._log.flush()
+            write_all(self._log, (line + "\n").encode("utf-8"))  # one write per line: no interleaving
         except OSError as exc:  # full disk, read-only directory: one line naming the file
             raise RunFileError.from_os_error(exc, self.out / "log.txt") from None
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
-        try:
-            with open(self.out / name, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
-        except OSError as exc:
-            raise RunFileError.from_os_error(exc, self.out / name) from None
+        append_record(self.out / name, record)
 
     def close(self) -> None:
-        self._log.close()
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON-lines run file; a torn last line is dropped (see
+    :func:`darts_nas.runfiles.read_records`)."""
+    return read_records(path, warn)
 
 
 def print_error(message: str) -> None:

@@ -12,6 +12,7 @@ network is trained with DistributedDataParallel and rank 0 alone writes (:mod:`d
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from .accel import Speed, answer_out_of_memory
-from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating, truncate_jsonl
+from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
 from .distributed import Distributed, session
@@ -34,6 +35,7 @@ from .network import (NETWORKS, check_image_size, check_stem_fits_in_memory, cou
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything, settings_differences
+from .runfiles import RunDirLock
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard
 
 FINISHED = "metrics.json"
@@ -75,7 +77,7 @@ def resolved_cutout(config: TrainConfig, info: DatasetInfo) -> int:
 
 
 def _info_without_training(config: TrainConfig) -> DatasetInfo:
-    root = Path(config.data).expanduser()
+    root = Path(os.path.expanduser(config.data))  # Path.expanduser raises for an unknown ~user
     # Named datasets have a known shape; their files are needed only to train.
     return get_info(config.dataset, str(root) if root.exists() else None, config.image_size)
 
@@ -130,17 +132,19 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
         data = ctx.shard_train_data(data, config.batch_size)
         if not ctx.is_distributed and use_device_data(config.gpu_data, device, info):
             data = train_test_data_on_device(data, device, config.cutout)
+    lock = RunDirLock()  # held by rank 0 for the whole run: one run per directory
     out = ctx.on_main(lambda: prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES,
-                                              FINISHED, allow_unfinished=True))
+                                              FINISHED, allow_unfinished=True, lock=lock))
     config = config.replace(out=str(out))
-    log = ctx.run_log(out, quiet=quiet)
+    log = lock.released_on_error(lambda: ctx.run_log(out, quiet=quiet))
     warn_if_unfinished_search(config.cell, log.info)
     try:
         ignore = RESUMABLE_CHANGES | (RESUME_LEARNING_RATES if resume_only else set())
         resume = ctx.on_main(lambda: resume_or_start_afresh(  # rank 0 reads it, every rank gets it
             out, "train", "training", config.to_dict(), ignore, RUN_FILES, log.info,
             fresh=config.epochs == 0, overwrite=config.overwrite, resume_only=resume_only,
-            map_location=ctx.checkpoint_location, title="training run"))
+            map_location=ctx.checkpoint_location, title="training run",
+            expected={"genotype": genotype.to_dict(), **({"data_split": data.split} if data else {})}))
         # TensorBoard: the board writes nothing when disabled; the diagrams are written either way.
         board = TrainBoard(out, enabled=config.tensorboard, diagrams=CellDiagrams(warn=log.info),
                            purge_step=resume["epoch"] + 1 if resume else None)
@@ -156,13 +160,14 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
             board.close()
     finally:
         log.close()
+        lock.release()
     return _compare(config, summary, compare, quiet, ctx) if compare else summary
 
 
 def warn_if_unfinished_search(cell: str, log) -> None:
     """A --cell that names the directory of a search still running (or stopped) gets the genotype
     of its last finished epoch: say so."""
-    path = Path(cell).expanduser()
+    path = Path(os.path.expanduser(cell))
     if path.is_dir() and (path / "genotype.json").is_file() and not (path / FINISHED_MARKER).exists():
         try:
             epochs = sum(1 for line in (path / "history.jsonl").read_text().splitlines() if line.strip())
@@ -328,8 +333,6 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 change_learning_rate(optimizer, scheduler, config.learning_rate)
                 log.info(f"learning rate changed from {resume['config'].get('learning_rate')} to "
                          f"{config.learning_rate} on resuming (from here on the run differs from the original)")
-            if ctx.is_main:
-                truncate_jsonl(out / "metrics.jsonl", start_epoch)
             where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
             log.info(f"resuming {out} {where} of {config.epochs}")
 
@@ -343,7 +346,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 "progress": progress.state_dict() if progress else None, "config": config.to_dict(),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "genotype": genotype.to_dict(), **ctx.rng_states(),
-                "test": final, "best_test_acc": best_acc,
+                "test": final, "best_test_acc": best_acc, "data_split": data.split,
             }
 
         checkpoints = StepCheckpoints(

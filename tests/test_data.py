@@ -431,6 +431,37 @@ def test_corrupt_image_named_when_met(folder):
         ds[index]
 
 
+def test_a_decompression_bomb_is_named_too_large_not_corrupt(folder, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 20x20 image is then a "bomb" (over 2 x 100 pixels)
+    ds, _ = load_dataset("folder", folder, "train")
+    with pytest.raises(DataError, match=r"is too large to decode safely \(Image size \(400 pixels\) exceeds limit"):
+        ds[0]
+
+
+def test_symlink_loops_in_a_folder_dataset_are_walked_once(folder):
+    plain = len(load_dataset("folder", folder, "train")[0])
+    (folder / "train" / "cat" / "up").symlink_to("..")  # a loop, and the other classes
+    (folder / "train" / "dog" / "self").symlink_to(".")
+    (folder / "train" / "dog" / "again").symlink_to(folder / "train" / "dog")
+    ds, _ = load_dataset("folder", folder, "train")
+    assert len(ds) == plain
+    assert all("/up/" not in p and "/self/" not in p and "/again/" not in p for p, _ in ds.samples)
+
+
+def test_a_corrupt_image_met_by_a_worker_is_one_line(tmp_path, capsys):
+    from darts_nas.cli import search_main
+
+    images = fx.write_image_folder(tmp_path / "images", classes=("a", "b", "c"), per_class=10)
+    for path in images:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    code = search_main(["--dataset", "folder", "--data", str(tmp_path / "images"), "--image-size", "15",
+                        "--batch-size", "4", "--layers", "3", "--init-channels", "4", "--nodes", "2",
+                        "--epochs", "1", "--steps-per-epoch", "1", "--workers", "1", "--quiet",
+                        "--no-tensorboard", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: cannot read image file ") and "\n" not in err, err
+
+
 # --------------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from darts_nas.distributed import (Distributed, DistributedError, ShardedPassSam
                                    launched_by_torchrun, per_rank_batch, timeout_seconds)
 from darts_nas.engine import search_one_epoch
 from darts_nas.errors import ConfigError
+from darts_nas.runfiles import RunDirLock
 from darts_nas.supernet import Supernet
 from darts_nas.tracking import read_jsonl
 
@@ -304,6 +305,27 @@ def test_every_method_runs_under_torchrun_with_one_model(tmp_path, method):
         assert state["method"]["draws"] == 2 * 3 * 2  # 2 epochs of 3 steps, 2 passes each, on every rank
     else:
         assert "betas_normal" in state["model"]
+
+
+def test_a_locked_directory_stops_every_rank_at_once(tmp_path):
+    # Rank 0 alone takes the lock; its refusal must reach rank 1 too, which would otherwise wait
+    # forever in the next collective.
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunDirLock()
+    lock.acquire(out)  # this test's process holds the directory
+    try:
+        process = torchrun("train_search.py", [*SEARCH_ARGS, "--out", str(out)], tmp_path)
+        try:
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        lock.release()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert code != 0 and f"{out} is in use by another darts-nas run (process {os.getpid()})" in err, err[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
 
 
 def _worker_pids(parent: int) -> dict[int, int]:

@@ -693,3 +693,18 @@ def test_from_dict_fuzz(obj):
     except GenotypeError:
         return
     assert Genotype.from_dict(g.to_dict()) == g
+
+
+def test_huge_genotypes_are_refused_at_once():
+    # 20k nodes used to be accepted after seconds of quadratic checking: bounded now.
+    n = 20_000
+    pairs = [("sep_conv_3x3", 0)] * (2 * n)
+    with pytest.raises(GenotypeError, match="20000 intermediate nodes, more than the 100"):
+        Genotype(normal=pairs, normal_concat=list(range(2, n + 2)), reduce=pairs[:2], reduce_concat=[2])
+    with pytest.raises(GenotypeError, match="normal_concat has 10000 entries but the cell only has nodes 0..3"):
+        Genotype(normal=pairs[:4], normal_concat=list(range(2, 10_002)), reduce=pairs[:2], reduce_concat=[2])
+    with pytest.raises(GenotypeError, match="too long to be a cell"):
+        parse("Genotype(normal=[" + "('sep_conv_3x3', 0), " * 60_000 + "])")
+    edges = [("sep_conv_3x3", 0)] * 200  # 100 nodes: still a genotype
+    assert len(Genotype(normal=edges, normal_concat=list(range(2, 102)), reduce=edges[:2],
+                        reduce_concat=[2]).normal) == 200

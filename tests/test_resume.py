@@ -20,6 +20,7 @@ import darts_nas.checkpoint as checkpoint_module
 import darts_nas.engine as engine_module
 from darts_nas.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
 from darts_nas.cli import search_main, train_main
+from darts_nas.runfiles import LOCK_FILE
 from darts_nas.tracking import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -519,12 +520,13 @@ def test_a_run_of_the_other_script_is_never_replaced(tmp_path, reference, train_
                                      (search_main, ARGS, train_reference, "training run (train_final.py)")]:
         out = tmp_path / theirs.parent.name
         shutil.copytree(theirs, out)
-        before = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+        before = sorted((p.name, p.stat().st_size) for p in out.iterdir() if p.name != LOCK_FILE)
         for extra in ([], ["--overwrite"]):
             assert main([*args, "--out", str(out), *extra]) == 2
             err = capsys.readouterr().err.strip()
             assert "\n" not in err and f"{out} holds a {name}: choose another --out" in err
-        assert sorted((p.name, p.stat().st_size) for p in out.iterdir()) == before
+        # Only the lock file is touched (it names the process holding it).
+        assert sorted((p.name, p.stat().st_size) for p in out.iterdir() if p.name != LOCK_FILE) == before
 
 
 def test_checkpoint_intervals_are_validated_and_may_change(tmp_path, capsys):
@@ -576,3 +578,199 @@ def test_graceful_stop_restores_the_previous_handlers_and_only_in_the_main_threa
     thread.start()
     thread.join()
     assert result == [{}]  # a thread installs nothing
+
+
+# --------------------------------------------------------------------------------------------
+# A run directory nobody else can break: what resume compares, what is never deleted, the lock
+# --------------------------------------------------------------------------------------------
+
+
+def unfinished_copy(reference: Path, out: Path, *drop: str) -> Path:
+    """``reference`` as a run stopped after epoch 2 (its epoch-3 checkpoint and summary gone),
+    without the files named in ``drop``."""
+    shutil.copytree(reference, out)
+    for name in ("summary.json", "metrics.json", "checkpoint-epoch0003.pt", *drop):
+        (out / name).unlink(missing_ok=True)
+    shutil.copy(out / "checkpoint-epoch0002.pt", out / "checkpoint.pt")
+    return out
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_a_retraining_never_resumes_on_another_cell(tmp_path, capsys):
+    # --cell names a file whose genotype changed (an unfinished search keeps rewriting it): two
+    # pooling ops swapped keep every shape, so only the checkpoint's own genotype tells.
+    cell = tmp_path / "cell.json"
+    shutil.copy(ROOT / "cells" / "darts_v2.json", cell)
+    args = [*TRAIN_ARGS[2:], "--cell", str(cell), "--epochs", "1", "--steps-per-epoch", "1"]
+    out = tmp_path / "run"
+    assert train_main([*args, "--out", str(out)]) == 0
+    (out / "metrics.json").unlink()  # as if stopped before its end
+    text = cell.read_text()
+    assert "max_pool_3x3" in text and "skip_connect" in text
+    swapped = text.replace("max_pool_3x3", "@").replace("skip_connect", "max_pool_3x3").replace("@", "skip_connect")
+    cell.write_text(swapped)
+    checkpoints = sorted(p.name for p in out.iterdir())
+    assert train_main([*args, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "checkpoint-epoch0001.pt trained another cell (" in err and "pass that cell to resume" in err
+    assert sorted(p.name for p in out.iterdir()) == checkpoints
+
+
+def test_resume_compares_the_checkpoints_own_settings(tmp_path, reference, capsys):
+    out = unfinished_copy(reference, tmp_path / "run")
+    saved = json.loads((out / "config.json").read_text())
+    saved["config"]["seed"] = 9  # config.json edited to match another seed
+    (out / "config.json").write_text(json.dumps(saved))
+    assert search_main([*ARGS, "--seed", "9", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "whose checkpoint checkpoint-epoch0002.pt was written with other settings (seed: 2 -> 9)" in err
+    assert search_main(["--resume", str(out)]) == 2  # --resume reads the edited config.json: refused all the same
+    assert "(seed: 2 -> 9)" in one_line_error(capsys)
+
+
+def test_a_checkpoint_with_a_missing_key_or_an_impossible_epoch_is_not_resumed(tmp_path, reference, capsys):
+    out = unfinished_copy(reference, tmp_path / "run")
+    for name in ("checkpoint-epoch0002.pt", "checkpoint.pt"):
+        state = load_checkpoint(out / name)
+        del state["arch_eval"]
+        save_checkpoint(out / name, {k: v for k, v in state.items() if k != "format_version"})
+    state = load_checkpoint(reference / "checkpoint-epoch0003.pt")
+    state["epoch"] = 99
+    save_checkpoint(out / "checkpoint-epoch0099.pt", {k: v for k, v in state.items() if k != "format_version"})
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "none of the 2 checkpoint(s)" in err and "lacks arch_eval" in err
+    log = (out / "log.txt").read_text()
+    assert "checkpoint-epoch0099.pt records epoch 99 of a run of 3 epochs; falling back" in log
+    assert {p.name for p in numbered_checkpoints(out)} == {"checkpoint-epoch0002.pt", "checkpoint-epoch0099.pt"}
+
+
+def test_a_changed_data_split_is_refused(tmp_path, capsys):
+    from datasets_fixtures import write_image_folder
+
+    data = tmp_path / "images"
+    images = write_image_folder(data, classes=("a", "b", "c"), per_class=10)
+    args = [*ARGS, "--dataset", "folder", "--data", str(data), "--image-size", "15", "--batch-size", "4",
+            "--epochs", "1", "--steps-per-epoch", "1"]
+    out = tmp_path / "run"
+    assert search_main([*args, "--out", str(out)]) == 0
+    (out / "summary.json").unlink()
+    images[3].unlink()  # "a corrupt image": deleted, as the data error advises
+    assert search_main([*args, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "checkpoint-epoch0001.pt was trained on other data (30 images then, 29 now" in err
+    assert (out / "checkpoint-epoch0001.pt").exists()
+
+
+@pytest.mark.parametrize("left", ["numbered checkpoints", "only checkpoint.pt"])
+def test_a_run_without_config_json_resumes_from_its_checkpoints(tmp_path, reference, left):
+    out = unfinished_copy(reference, tmp_path / "run", "config.json")
+    if left == "only checkpoint.pt":
+        for path in numbered_checkpoints(out):
+            path.unlink()
+    assert search_main([*ARGS, "--out", str(out)]) == 0
+    assert "config.json is missing; resuming from" in (out / "log.txt").read_text()
+    assert_same_run(reference, out)
+    assert json.loads((out / "config.json").read_text())["config"]["seed"] == 2
+
+
+def test_resume_flag_reads_the_settings_of_a_checkpoint_when_config_json_is_gone(tmp_path, reference):
+    out = unfinished_copy(reference, tmp_path / "run", "config.json")
+    assert search_main(["--resume", str(out)]) == 0
+    assert_same_run(reference, out)
+
+
+def test_files_no_run_wrote_are_never_deleted(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "genotype.json").write_text("my own genotype\n")
+    (out / "metrics.jsonl").write_text("my own metrics\n")
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "holds metrics.jsonl, genotype.json but no darts-nas run (no config.json)" in err and "--overwrite" in err
+    assert (out / "genotype.json").read_text() == "my own genotype\n"
+    assert (out / "metrics.jsonl").read_text() == "my own metrics\n"
+    (out / "checkpoint.pt").write_bytes(b"my own checkpoint")
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    assert "checkpoint.pt is corrupt or not a darts-nas checkpoint" in one_line_error(capsys)
+    assert (out / "checkpoint.pt").read_bytes() == b"my own checkpoint"
+
+
+def test_a_torn_last_record_is_dropped_and_a_damaged_one_refused(tmp_path, reference, capsys):
+    out = unfinished_copy(reference, tmp_path / "run")
+    for name in ("metrics.jsonl", "history.jsonl"):
+        with open(out / name, "a") as f:
+            f.write('{"epoch": 3, "train_lo')  # a write cut short by a crash
+    assert search_main([*ARGS, "--out", str(out)]) == 0
+    assert "dropped the damaged last line 4 of" in (out / "log.txt").read_text()
+    assert_same_run(reference, out)
+
+    out = unfinished_copy(reference, tmp_path / "damaged")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(["garbage", *lines]) + "\n")
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    assert f"{out / 'metrics.jsonl'} line 1 is not a JSON record" in one_line_error(capsys)
+
+
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_first(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    first = start(out)
+    try:
+        wait_for_log(first, out, "DARTS search", timeout=60)
+        first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock taken
+        assert search_main([*ARGS, "--out", str(out)]) == 2
+        err = one_line_error(capsys)
+        assert f"{out} is in use by another darts-nas run (process {first.pid})" in err
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert wait_for_exit(first)[0] == 0
+    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]  # nothing interleaved
+    assert_same_run(reference, out)
+
+
+def test_run_files_are_never_written_through_links(tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.txt").symlink_to(target)
+    assert search_main([*ARGS, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert f"will not use {out / 'log.txt'} (it is a symbolic link): remove it" in err
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("epochs", 2.5, "--epochs must be a whole number, got 2.5"),
+    ("seed", 2**70, "--seed must be a whole number from 0 to"),
+])
+def test_resume_flag_refuses_unusable_settings_in_config_json_in_one_line(tmp_path, reference, capsys, setting,
+                                                                           value, message):
+    out = unfinished_copy(reference, tmp_path / "run")
+    saved = json.loads((out / "config.json").read_text())
+    saved["config"][setting] = value
+    (out / "config.json").write_text(json.dumps(saved))
+    assert search_main(["--resume", str(out)]) == 2
+    assert message in one_line_error(capsys)
+
+
+INTERRUPT_AT_START = """
+import os, signal, sys, threading
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+threading.Timer(float(os.environ["INTERRUPT_AFTER"]), lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+exec(compile(open(sys.argv[0]).read(), sys.argv[0], "exec"), {"__name__": "__main__"})
+"""
+
+
+@pytest.mark.parametrize("after", ["0.05", "1.5"])  # while importing torch, while loading the data or later
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, after):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "INTERRUPT_AFTER": after}
+    result = subprocess.run([sys.executable, "-c", INTERRUPT_AT_START, str(ROOT / "train_search.py"), *ARGS,
+                             "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
+    err = result.stderr.strip()
+    assert result.returncode == 130 and err.startswith("error: ") and "\n" not in err, err

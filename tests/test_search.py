@@ -148,6 +148,9 @@ def test_grayscale_28x28_mnist_files(tmp_path):
     (["--space", "nasbench201"], "valid search spaces are"),
     (["--batch-size", "5000"], "--batch-size"),
     (["--layers", "0"], "--layers"),
+    (["--seed", "99999999999999999999999"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--momentum", "1e6"], "--momentum must be below 1"),
+    (["--out", ""], "--out is empty"),
 ])
 def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

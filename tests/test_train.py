@@ -147,6 +147,7 @@ BAD_CELLS = {
     "node out of range": ("{file:" + json.dumps({"normal": [["skip_connect", 0], ["skip_connect", 5]], "normal_concat": [2],
                                                 "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}) + "}",
                           "5"),
+    "unknown user's home": ("~nosuchuser/cell.json", "is neither a file"),
     "missing key": ("{file:" + json.dumps({"normal": [["skip_connect", 0], ["skip_connect", 1]], "normal_concat": [2]})
                     + "}", "reduce"),
     "legacy text beyond the grammar": ("Genotype(normal=__import__('os').system('true'), normal_concat=[2], "
@@ -169,6 +170,14 @@ def test_bad_cell_gives_one_line_error(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert not (tmp_path / "t").exists()
+
+
+def test_unknown_users_home_in_compare_and_data_is_one_line(tmp_path, capsys):
+    for extra, expected in [(["--compare", "~nosuchuser/x"], "'~nosuchuser/x' is neither a file"),
+                            (["--dataset", "folder", "--data", "~nosuchuser/x"], "~nosuchuser/x does not exist")]:
+        assert train_main(["--cell", "darts_v2", *TINY, "--epochs", "1", *extra, "--out", str(tmp_path / "t")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and expected in err, err
 
 
 def test_refuses_to_overwrite_a_finished_training_run(tmp_path, capsys):
