@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from darts_nas.methods import METHODS
 from darts_nas.architect import Architect
 from darts_nas.checkpoint import load_checkpoint
 from darts_nas.data import DigitsDataset, build_transform, get_info
@@ -290,20 +291,21 @@ def test_two_rank_search_has_one_writer_and_one_model(two_rank_search):
     assert "module." not in "".join(state["model"])  # the plain model's state: resumable anywhere
 
 
-@pytest.mark.parametrize("method", ["pc-darts", "gdas"])
+@pytest.mark.parametrize("method", ["pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv",
+                                    "drnas"])
 def test_every_method_runs_under_torchrun_with_one_model(tmp_path, method):
     """Two gloo ranks: the betas are averaged like the alphas, and GDAS's samples are the same on
     every rank (a pure function of seed and step), so the replicas stay identical."""
     args = [*SEARCH_ARGS, "--method", method, "--out", str(tmp_path / "run")]
     stdout = finish(torchrun("train_search.py", args, tmp_path), tmp_path)
     log = (tmp_path / "run" / "log.txt").read_text()
-    title = {"pc-darts": "PC-DARTS", "gdas": "GDAS"}[method]
+    title = METHODS.get(method).title
     assert stdout.count("search finished") == 1 and log.count(f"{title} search, first order") == 1
     assert "all 2 processes hold the same weights, alphas and BatchNorm statistics" in log
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     if method == "gdas":
         assert state["method"]["draws"] == 2 * 3 * 2  # 2 epochs of 3 steps, 2 passes each, on every rank
-    else:
+    elif method == "pc-darts":
         assert "betas_normal" in state["model"]
 
 

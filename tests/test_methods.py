@@ -324,7 +324,8 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.equal(sa["model"][key], sb["model"][key]), key
 
 
-@pytest.mark.parametrize("method", ["pc-darts", "gdas"])
+@pytest.mark.parametrize("method", ["pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv",
+                                    "drnas"])
 def test_every_method_resumes_bit_identical_after_sigkill_inside_an_epoch(tmp_path, method):
     args = [*TINY, "--method", method, "--checkpoint-every", "1", "--arch-warmup-epochs", "1"]
     reference = tmp_path / "reference"
@@ -407,3 +408,147 @@ def test_every_space_builder_takes_the_method():
     model.train()
     model(torch.randn(2, 1, 8, 8))
     assert model.method.draws == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The robust methods: each is DARTS at coefficient 0
+# ---------------------------------------------------------------------------------------------
+
+def darts_and(method, *, strict=True):
+    """A DARTS supernet and one of ``method`` with the same weights and alphas."""
+    darts = supernet(None)
+    other = supernet(method)
+    theirs = darts.state_dict()
+    mine = {k: theirs[k.replace(".mixed.", ".")] for k in other.state_dict() if k.replace(".mixed.", ".") in theirs}
+    missing = other.load_state_dict(mine, strict=False).missing_keys
+    assert strict is False or not missing, missing
+    return darts, other
+
+
+def arch_grads(model, unrolled=False, regulariser=None):
+    w_opt = torch.optim.SGD(model.weights(), lr=0.05, momentum=0.9, weight_decay=3e-4)
+    architect = Architect(model, w_opt, unrolled=unrolled, regulariser=regulariser)
+    x, y = batch()
+    return architect.unrolled_grad(batch(2), (x, y), 0.05)[0] if unrolled else architect.first_order_grad((x, y))[0]
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("darts-minus", {"skip_beta": 0.0}),
+    ("beta-darts", {"beta_decay_scale": 0.0}),
+    ("sdarts-rs", {"sdarts_epsilon_min": 0.0, "sdarts_epsilon_max": 0.0}),
+    ("sdarts-adv", {"sdarts_epsilon_min": 0.0, "sdarts_epsilon_max": 0.0}),
+])
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_at_coefficient_zero_the_architecture_gradient_is_darts(name, settings, unrolled):
+    method = METHODS.get(name)(SearchConfig(method=name, unrolled=unrolled, **settings))
+    method.start_epoch(3, 10)
+    darts, other = darts_and(method, strict=name != "darts-minus")  # DARTS-'s skips have weights of their own
+    mine = arch_grads(other, unrolled, method.arch_regulariser)
+    for a, b in zip(arch_grads(darts, unrolled), mine):
+        assert torch.equal(a, b)
+    # ... and the weight step is DARTS's too
+    x, y = batch(3)
+    grads = []
+    for model in (darts, other):
+        with model.method.weight_pass(model, (x, y)):
+            loss = F.cross_entropy(model(x), y)
+        grads.append(torch.autograd.grad(loss, [p for n, p in model.named_weights() if ".skip." not in n]))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_darts_minus_adds_the_decaying_skip_outside_the_softmax():
+    from darts_nas.methods.darts_minus import AuxiliarySkipEdge, skip_beta
+
+    assert [skip_beta("linear", 1.0, e, 50) for e in (0, 25, 49)] == pytest.approx([1.0, 0.5, 0.02])
+    assert [skip_beta("cosine", 1.0, e, 4) for e in (0, 2)] == pytest.approx([1.0, 0.5])
+    method = METHODS.get("darts-minus")(SearchConfig(method="darts-minus"))
+    method.start_epoch(1, 4)
+    edge = AuxiliarySkipEdge(4, 1, PRIMITIVES, method)
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.softmax(torch.randn(len(PRIMITIVES)), -1)
+    with torch.no_grad():
+        assert torch.allclose(edge(x, w), edge.mixed(x, w) + 0.75 * x)
+    darts, model = darts_and(method, strict=False)
+    assert model.genotype() == darts.genotype()  # the skip is never part of the genotype
+
+
+def test_beta_decay_regulariser_is_the_mean_logsumexp_with_its_gradient():
+    from darts_nas.methods.beta_darts import beta_decay_loss
+
+    method = METHODS.get("beta-darts")(SearchConfig(method="beta-darts"))
+    method.start_epoch(4, 50)
+    assert method.weight == 2.0 and method.scalars() == {"beta_decay_weight": 2.0}
+    model = supernet(method)
+    term = method.arch_regulariser(model)
+    lse = torch.cat([torch.logsumexp(model.alphas_normal, -1), torch.logsumexp(model.alphas_reduce, -1)])
+    assert torch.allclose(term, 2.0 * lse.mean())
+    (g,) = torch.autograd.grad(beta_decay_loss([model.alphas_normal, model.alphas_reduce]), [model.alphas_normal])
+    n_edges = 2 * model.alphas_normal.shape[0]
+    assert torch.allclose(g, torch.softmax(model.alphas_normal, -1) / n_edges)
+
+
+def test_sdarts_perturbations_stay_on_the_simplex_and_the_attack_raises_the_loss():
+    from darts_nas.methods.sdarts import project_to_simplex
+
+    clean = torch.softmax(torch.randn(5, 8), -1)
+    projected = project_to_simplex(clean + torch.empty(5, 8).uniform_(-0.3, 0.3), clean)
+    assert torch.allclose(projected.sum(-1), torch.ones(5)) and bool((projected >= 0).all())
+    lost = project_to_simplex(torch.full((1, 8), -1.0), clean[:1])  # a row clamped to zeros
+    assert lost.tolist()[0] == F.one_hot(clean[0].argmax(), 8).float().tolist()
+    for name in ("sdarts-rs", "sdarts-adv"):
+        config = SearchConfig(method=name, seed=3)
+        method = METHODS.get(name)(config)
+        method.start_epoch(5, 10)
+        assert method.epsilon == pytest.approx(0.03 + 0.27 * 0.5)
+        model = supernet(method)
+        x, y = batch(4)
+        clean_w = method.clean_weights(model)
+        perturbed = method.perturb(model, (x, y))
+        for t in model.cell_types():
+            assert torch.allclose(perturbed[t].sum(-1), torch.ones(len(perturbed[t])))
+        if name == "sdarts-adv":
+            model.eval()
+            with torch.no_grad():
+                attacked, plain = method._loss(model, (x, y), perturbed), method._loss(model, (x, y), clean_w)
+            assert attacked >= plain
+            model.train()
+        # the weight pass trains on exactly these weights, and leaves the plan alone afterwards
+        with method.weight_pass(model, (x, y)):
+            assert method._perturbed is not None
+        assert method._perturbed is None
+        again = METHODS.get(name)(config)
+        again.start_epoch(5, 10)
+        again.load_state_dict(json.loads(json.dumps({**method.state_dict(), "draws": 0})))
+        model.method = again
+        assert torch.equal(again.perturb(model, (x, y))["normal"], perturbed["normal"])  # a pure function of the draw
+
+
+def test_drnas_samples_lie_on_the_simplex_and_follow_the_expected_loss():
+    from darts_nas.methods.drnas import concentration
+
+    torch.manual_seed(0)
+    alphas = torch.tensor([[0.3, -0.5, 1.2, 0.0]], requires_grad=True)
+    cost = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    samples = torch.distributions.Dirichlet(concentration(alphas).expand(20000, 4)).rsample()
+    assert torch.allclose(samples.sum(-1), torch.ones(20000)) and bool((samples >= 0).all())
+    (mc,) = torch.autograd.grad((samples @ cost).mean(), alphas)
+
+    def expected(a):  # E[theta . cost] = (beta / sum beta) . cost
+        beta = concentration(a)
+        return float((beta / beta.sum()) @ cost)
+
+    fd = torch.zeros(4)
+    for k in range(4):
+        step = torch.zeros(1, 4)
+        step[0, k] = 1e-3
+        fd[k] = (expected(alphas.detach() + step) - expected(alphas.detach() - step)) / 2e-3
+    assert torch.allclose(mc[0], fd, atol=0.05), (mc, fd)
+    method = METHODS.get("drnas")(SearchConfig(method="drnas", drnas_regulariser="kl"))
+    model = supernet(method)
+    with torch.no_grad():
+        for a in model.arch_parameters():
+            a.zero_()  # beta = 1 everywhere: the anchor itself
+    assert float(method.arch_regulariser(model)) == pytest.approx(0.0, abs=1e-6)
+    model.eval()
+    assert torch.allclose(method.edge_plan(model, "normal").weights, torch.full((5, 8), 1 / 8))
