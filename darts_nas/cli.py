@@ -63,7 +63,8 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "beta-darts (beta-decay regulariser), sdarts-rs / sdarts-adv (perturbed weight step), "
                         "drnas (Dirichlet mixing weights)")
     g.add_argument("--preset", default=None, metavar="NAME",
-                   help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas; "
+                   help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,

@@ -243,7 +243,8 @@ def test_gdas_refuses_bad_settings(settings, message):
 # ---------------------------------------------------------------------------------------------
 
 def test_presets_hold_the_published_protocols():
-    assert list_presets() == ["darts-1st", "darts-2nd", "gdas", "pc-darts"]
+    assert list_presets() == ["beta-darts", "darts-1st", "darts-2nd", "darts-minus", "drnas", "gdas", "pc-darts",
+                              "sdarts-adv", "sdarts-rs"]
     pc = load_preset("PC_DARTS")["settings"]
     assert (pc["batch_size"], pc["learning_rate"], pc["arch_learning_rate"], pc["arch_warmup_epochs"]) == (
         256, 0.1, 6e-4, 15)
@@ -282,7 +283,7 @@ def test_a_flag_wins_over_the_preset_and_config_json_records_both(tmp_path, caps
 
 @pytest.mark.parametrize("args,message", [
     (["--method", "nope"], "unknown search method 'nope'"),
-    (["--preset", "nope"], "unknown preset 'nope'; valid presets are: darts-1st, darts-2nd, gdas, pc-darts"),
+    (["--preset", "nope"], "unknown preset 'nope'; valid presets are: beta-darts, darts-1st, darts-2nd"),
     (["--method", "gdas", "--unrolled"], "--method gdas has no second-order architecture step"),
     (["--method", "gdas", "--tau-min", "2", "--tau-max", "1"], "--tau-min 2.0 is above --tau-max 1.0"),
     (["--method", "pc-darts", "--partial-channels", "3"], "--partial-channels 3 does not divide the 4 channels"),
