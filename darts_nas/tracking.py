@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,7 +21,7 @@ import torch
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .drawing import (CELL_TITLES, DOT_MISSING_HINT, OUTPUT_NAME, GraphvizError, Heatmap, draw_heatmap,
                       edge_names, edge_row, find_dot, genotype_dots, node_name, png_bytes, png_size, render_dot)
-from .errors import RunFileError
+from .errors import RunFileError, print_error  # noqa: F401  (print_error: re-exported)
 from .genotype import Genotype
 from .ops import PARAMETER_FREE
 
@@ -60,10 +59,6 @@ class RunLog:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
