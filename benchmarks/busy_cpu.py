@@ -40,7 +40,8 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 # "quickstart": the quick start's sizes (8x8 one-channel digits, C=8, 5 cells, batch 64);
-# "cifar-small": 32x32 RGB images, C=8, 5 cells, batch 16 (BENCHMARKS.md's reduced search setting).
+# "cifar-small": 32x32 RGB images, C=8, 5 cells, batch 16 (BENCHMARKS.md's reduced search setting);
+# "paper": the DARTS paper's CIFAR-10 search and retraining sizes.
 SIZES = {
     "quickstart": {
         "search_step.py": ["--batch-size", "64", "--init-channels", "8", "--layers", "5", "--image-size", "8",
@@ -52,6 +53,11 @@ SIZES = {
         "search_step.py": ["--batch-size", "16", "--init-channels", "8", "--layers", "5", "--image-size", "32"],
         "train_step.py": ["--cell", "darts_v2", "--batch-size", "32", "--init-channels", "16", "--layers", "8",
                           "--image-size", "32", "--no-auxiliary"],
+    },
+    "paper": {
+        "search_step.py": ["--batch-size", "64", "--init-channels", "16", "--layers", "8", "--image-size", "32"],
+        "train_step.py": ["--cell", "darts_v2", "--batch-size", "96", "--init-channels", "36", "--layers", "20",
+                          "--image-size", "32"],
     },
 }
 
