@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .commands import command
 from .config import SearchConfig
-from .cpu_threads import add_threads_flag, configure_cpu
+from .cpu_threads import add_threads_flag, apply_default_threads, configure_cpu
 from .errors import ConfigError, DartsNasError, RunDirError, RunStopped, print_error
 from .primitives import BUILTIN_OPS
 
@@ -207,6 +207,7 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
     config = None
     try:
         config = make_config()
+        _pick_threads(config)
         run(config, quiet=quiet, **({"resume_only": True} if resume_only else {}))
     except RunStopped as exc:
         print(str(exc), file=sys.stderr, flush=True)
@@ -223,6 +224,17 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
                     f"or directory exists and is writable, and that the disk has free space")
         return 2
     return 0
+
+
+def _pick_threads(config) -> None:
+    """The CPU thread count for this run's sizes when none was chosen (darts_nas.cpu_threads)."""
+    from .data import get_info
+
+    try:
+        side = config.image_size or get_info(config.dataset, config.data, None).image_size
+    except (DartsNasError, OSError):
+        return  # the run itself says what is wrong with the dataset
+    apply_default_threads(config.batch_size, config.init_channels, side)
 
 
 def _interrupted(reason: str, config) -> str:

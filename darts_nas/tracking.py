@@ -35,15 +35,21 @@ class RunLog:
         self.quiet = quiet
         self._log = open(out / "log.txt", "a", encoding="utf-8")
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, console: bool = True) -> None:
+        """Append ``message`` to log.txt and, unless quiet or ``console`` is False, print it."""
         line = f"{time.strftime('%H:%M:%S')} {message}"
-        if not self.quiet:
+        if console and not self.quiet:
             print(line, flush=True)
         try:
             self._log.write(line + "\n")
             self._log.flush()
         except OSError as exc:  # full disk, read-only directory: one line naming the file
             raise RunFileError.from_os_error(exc, self.out / "log.txt") from None
+
+    def to_file(self, message: str) -> None:
+        """Append ``message`` to log.txt only: for a line the command itself prints on stderr (a
+        stop), which would otherwise show twice on the console."""
+        self.info(message, console=False)
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         try:
@@ -54,6 +60,33 @@ class RunLog:
 
     def close(self) -> None:
         self._log.close()
+
+
+def search_legend(out: Path, tensorboard: bool) -> list[str]:
+    """Lines printed once at the start of a search: what its accuracies mean, where TensorBoard looks."""
+    lines = ["reading the numbers: on the step lines, 'acc' and 'arch acc' are the weight half and the "
+             "architecture half as the search trains on them (augmented images, training-mode BatchNorm with "
+             "each batch's statistics), averaged over the epoch so far; the epoch line's 'arch-half acc' is the "
+             "whole architecture half after the epoch in eval mode (no augmentation, BatchNorm's running "
+             "statistics), so the two differ"]
+    return lines + _tensorboard_line(out, tensorboard)
+
+
+def train_legend(out: Path, tensorboard: bool, augmentation: str) -> list[str]:
+    """Lines printed once at the start of a retraining: why train and test accuracy differ, where
+    TensorBoard looks. ``augmentation`` names what the training images go through."""
+    lines = [f"reading the numbers: train 'acc' is on training images as they are trained on ({augmentation}, "
+             f"training-mode BatchNorm), averaged over the epoch; 'test acc' is the test set after the epoch in "
+             f"eval mode (no augmentation or drop-path, BatchNorm's running statistics), so test accuracy can be "
+             f"the higher"]
+    return lines + _tensorboard_line(out, tensorboard)
+
+
+def _tensorboard_line(out: Path, tensorboard: bool) -> list[str]:
+    if not tensorboard:
+        return []
+    return [f"TensorBoard logs go to {out}: view them with  tensorboard --logdir {out}  (then open "
+            f"http://localhost:6006)"]
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

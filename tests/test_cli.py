@@ -1,5 +1,5 @@
 """The command line itself: help and argument errors without torch, one default per flag, no
-prefix matching, messages that name the command the user ran, the CPU thread settings."""
+prefix matching, messages that name the command the user ran, the CPU threads, progress lines."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from darts_nas import __version__
 from darts_nas.cli import build_search_parser, build_train_parser, search_main, train_main
 from darts_nas.commands import command
 from darts_nas.config import PROTOCOLS
-from darts_nas.cpu_threads import configure_cpu
+from darts_nas.cpu_threads import apply_default_threads, configure_cpu, default_threads
 from darts_nas.primitives import BUILTIN_OPS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,21 +131,32 @@ def test_resume_hint_of_a_stopped_run_names_the_console_script(monkeypatch):
     assert train.resume_command("runs/x") == "darts-train --resume runs/x"
 
 
-def test_threads_flag_sets_the_thread_count_and_a_passive_wait_policy(monkeypatch):
+def test_threads_flag_sets_the_thread_count(monkeypatch):
     import torch
 
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         configure_cpu(3)
-        assert torch.get_num_threads() == 3
-        assert os.environ["OMP_NUM_THREADS"] == "3" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert torch.get_num_threads() == 3 and os.environ["OMP_NUM_THREADS"] == "3"
     finally:
         torch.set_num_threads(before)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    configure_cpu(None)
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's own setting wins
+
+
+def test_small_steps_run_on_one_thread_unless_a_count_was_chosen(monkeypatch):
+    import torch
+
+    assert default_threads(64, 8, 8) == 1  # the quick start
+    assert default_threads(64, 16, 32) is None and default_threads(16, 8, 32) is None  # CIFAR sizes
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # chosen (--threads, the user, torchrun): kept
+        assert apply_default_threads(64, 8, 8) is None and torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert apply_default_threads(64, 8, 8) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
@@ -155,17 +166,62 @@ def test_threads_must_be_a_positive_count(value, capsys):
     assert "--threads" in capsys.readouterr().err
 
 
-def test_threads_reach_a_subprocess_run_before_torch_loads(tmp_path):
-    """The wait policy only works if it is in the environment when torch loads OpenMP: the
-    command sets it before its first torch import."""
-    probe = ("import os, sys\nfrom darts_nas import cli\nimport darts_nas.cpu_threads as c\n"
-             "seen = {}\norig = c.configure_cpu\n"
+def test_threads_are_set_before_torch_loads(tmp_path):
+    """OpenMP reads OMP_NUM_THREADS when torch loads it: the command sets it before its first
+    torch import (here with a setting refused later, which must leave no run directory)."""
+    probe = ("import os, sys\nfrom darts_nas import cli\n"
+             "seen = {}\norig = cli.configure_cpu\n"
              "def spy(n):\n    seen['torch'] = 'torch' in sys.modules\n    orig(n)\n"
              "cli.configure_cpu = spy\n"
-             "cli.search_main(['--threads', '1', '--dataset', 'nothing-such', '--out', sys.argv[1]])\n"
-             "import torch\nprint(seen['torch'], torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n")
+             "code = cli.search_main(['--threads', '1', '--dataset', 'nothing-such', '--out', sys.argv[1]])\n"
+             "import torch\nprint(seen['torch'], torch.get_num_threads(), code)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
     proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "run")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.stdout.split() == ["False", "1", "PASSIVE"], proc.stderr[-1000:]
-    assert not (tmp_path / "run").exists()
+    assert proc.stdout.split() == ["False", "1", "2"], proc.stderr[-1000:]
+    assert "valid datasets are" in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_progress_lines_come_by_step_count_and_by_time(monkeypatch):
+    from darts_nas import engine
+
+    now = [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    reports = engine._ReportTimes(every=50, total=12, first=1, seconds=30.0, clock=True)
+    due = []
+    for step in range(1, 13):
+        now[0] += 11.0  # 11 s per step
+        if reports.due(step):
+            due.append(step)
+    # the first step, then every step that ends 30 s or more after the last line, and the last step
+    assert due == [1, 4, 7, 10, 12]
+    # under torchrun (no clock) only the step counts decide, alike on every process
+    reports = engine._ReportTimes(every=5, total=12, first=3, seconds=30.0, clock=False)
+    assert [s for s in range(3, 13) if reports.due(s)] == [3, 5, 10, 12]
+
+
+def test_ctrl_c_while_starting_up_is_one_line(monkeypatch, capsys):
+    import importlib
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/darts-search"])
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert search_main(["--dataset", "digits"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "error: darts-search interrupted while starting up: nothing was written"
+
+
+def test_ctrl_c_says_checkpoints_are_intact_only_when_there_are_some(tmp_path):
+    from types import SimpleNamespace
+
+    from darts_nas.cli import _interrupted
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = SimpleNamespace(out=str(out))
+    assert "before the first checkpoint was written" in _interrupted("interrupted", config)
+    assert "before the first checkpoint was written" in _interrupted("interrupted", None)
+    (out / "checkpoint-epoch0001.pt").write_bytes(b"")
+    assert "the checkpoints already written are intact" in _interrupted("interrupted", config)
