@@ -39,8 +39,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or "%(default)" in text or default in (None, False, argparse.SUPPRESS)
-                or not action.option_strings or isinstance(action, argparse.BooleanOptionalAction)):
+        nothing = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if ("default" in text or nothing or not action.option_strings
+                or isinstance(action, argparse.BooleanOptionalAction)):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -55,6 +56,10 @@ def _parser(description: str, kind: str) -> argparse.ArgumentParser:
                                 allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"darts-nas {__version__}")
     return p
+
+
+_REPORT_HELP = ("print progress every N steps, and also after the first step and whenever 30 s have passed "
+                "since the last line")
 
 
 def _wrap(text: str, width: int = 100) -> str:
@@ -121,7 +126,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
     g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=d.report_every,
-                   help="print progress every N steps")
+                   help=_REPORT_HELP)
     g.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole weight half)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
@@ -366,7 +371,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                 "train")
     p.add_argument(*_flag("--cell", "--arch"), default=None,
                    help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
-                        "cells/ (darts_v2, pdarts, ...; case-insensitive) or genotype text")
+                        "cells/ (darts_v2, pdarts, ...; any case, - or _) or genotype text")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cifar",
                    help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default); "
                         "imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing 0.1")
@@ -385,7 +390,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
 
     g = p.add_argument_group("network")
-    g.add_argument("--network", default=None, help="network kind: cifar or imagenet (default: the protocol's)")
+    g.add_argument("--network", default=None, help="network kind: cifar or imagenet")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=None, help="channels C of the first cell")
     g.add_argument("--layers", type=int, default=None, help="number of cells")
     g.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=None,
@@ -420,7 +425,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
-    g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help="print progress every N steps")
+    g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help=_REPORT_HELP)
     g.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole training set)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")

@@ -3,11 +3,13 @@
 PyTorch runs its CPU kernels on OpenMP threads, one per core by default, and every kernel waits
 for its slowest thread. When another program takes a core from one of them, each of the
 thousands of small kernels of a step waits for that thread's next turn: with two competing busy
-processes on two cores a quick-start search step took 5x its idle time (the issue that asked for
-this module saw 40x under heavier load). One thread cannot be held up that way (1.6x), and in a
-small step it is as fast as two on an idle machine, because its kernels are too short to share;
-at 32x32 CIFAR sizes a second core makes a step 1.6-1.7x faster. Hence :func:`default_threads`:
-one thread for small steps, PyTorch's count otherwise, and ``--threads N`` to choose.
+processes on two cores a quick-start search step took 4.5x its idle time and a training step
+up to 300x. One thread cannot be held up that way (1.4x and 1.9x), and in a small step it is only
+about 10% slower than two on an idle machine, because its kernels are too short to share; at 32x32
+CIFAR sizes a second core makes a step 1.6-1.7x faster. Hence :func:`default_threads`: one thread
+for small steps, PyTorch's count otherwise, and ``--threads N`` to choose. The count is never
+adapted to the load while running: it changes the results, and a run must compute the same way
+when it is repeated or resumed.
 
 OpenMP's wait policy stays as it is: ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep instead of
 spinning) helps a loaded machine but made every step 1.5-2.6x slower on an idle one, at every
@@ -46,9 +48,9 @@ def default_threads(batch_size: int, channels: int, image_size: int) -> int | No
     (PyTorch's choice, one per core).
 
     In a small step (the quick start's 64 x 8 x 8 x 8 = 32,768 elements) every kernel is too short
-    for a second thread to pay: one thread runs it as fast on an idle machine, and cannot be held
-    up by a second thread that another program has taken the core from (a 1.6x slower step with
-    two competing busy processes instead of 5-40x). At 32x32 CIFAR sizes a second core pays
+    for a second thread to pay much (two are about 10% faster on an idle machine), and one thread
+    cannot be held up by a second one whose core another program has taken (a 1.4-1.9x slower step
+    with two competing busy processes instead of 4.5-300x). At 32x32 CIFAR sizes a second core pays
     (1.6-1.7x faster idle), so those keep PyTorch's count (BENCHMARKS.md, "Busy CPU"). The choice
     depends on the settings only, never on the load of the moment, so a run and its resumption
     compute alike."""
@@ -79,7 +81,7 @@ def thread_count(text: str) -> int:
 
 
 THREADS_HELP = ("CPU threads for PyTorch's kernels (default: OMP_NUM_THREADS if set; else 1 when batch x "
-                "channels x image side^2 is under 65,536, as in the quick start, where more threads do not pay "
+                "channels x image side^2 is under 65,536, as in the quick start, where more threads gain little "
                 "and a busy machine would stall them; else one per core). On a machine busy with other "
                 "programs, fewer threads than cores keep a step from slowing several-fold")
 

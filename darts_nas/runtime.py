@@ -89,8 +89,9 @@ def run_kind(settings: dict[str, Any]) -> str:
 
 
 def _other_kind_of_run(path: Path, kind: str) -> str | None:
-    """'search (train_search.py)' or 'training run (train_final.py)' (or the console scripts' names) when ``path`` holds a run of
-    the other script than ``kind`` ('search' or 'train'), judged by its config.json; else None."""
+    """'search (train_search.py)' or 'training run (train_final.py)' (darts-search, darts-train under
+    those) when ``path`` holds a run of the other script than ``kind`` ('search' or 'train'), judged
+    by its config.json; else None."""
     try:
         theirs = run_kind(json.loads((path / "config.json").read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -321,7 +321,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             "sizes": sizes, "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
         }, indent=2, sort_keys=True))
-    log.info(f"{info.name}: {_network_name(config.network)} of {config.cell!r}: {config.layers} cells, C={config.init_channels}, "
+    log.info(f"{info.name}: {_network_name(config.network)} of {config.cell!r}: {config.layers} cells, "
+             f"C={config.init_channels}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
              f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
              f"{info.image_size}, on {device} ({speed.describe()}"
