@@ -32,7 +32,7 @@ def _flag(name: str, *aliases: str) -> list[str]:
     return [name, *aliases]
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(argparse.HelpFormatter):
     """Each flag's default shown once, and only when its help text does not already say it; lines
     wrapped between words (never inside a flag name or a file name)."""
 
@@ -48,6 +48,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_long_words=False, break_on_hyphens=False)
+
 
 def _parser(description: str, kind: str) -> argparse.ArgumentParser:
     """An argument parser with the settings both commands share: no prefix matching (``--epoch``
@@ -62,15 +66,11 @@ _REPORT_HELP = ("print progress every N steps, and also after the first step and
                 "since the last line")
 
 
-def _wrap(text: str, width: int = 100) -> str:
-    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False))
-
-
 def build_search_parser() -> argparse.ArgumentParser:
     d = _DEFAULTS
-    p = _parser(_wrap("DARTS architecture search: train a weight-sharing supernet and its architecture "
-                      "parameters (alphas) alternately on two halves of the training data, then derive the "
-                      "cell genotype. Defaults are the DARTS paper's CIFAR-10 search protocol."), "search")
+    p = _parser("DARTS architecture search: train a weight-sharing supernet and its architecture "
+                "parameters (alphas) alternately on two halves of the training data, then derive the "
+                "cell genotype. Defaults are the DARTS paper's CIFAR-10 search protocol.", "search")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
@@ -364,10 +364,10 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 def build_train_parser() -> argparse.ArgumentParser:
     from .config import PROTOCOLS
 
-    p = _parser(_wrap("Retrain a genotype from scratch: build the network that stacks its cell and train it "
-                      "under the DARTS paper's CIFAR or ImageNet (mobile) protocol, reporting test accuracy, "
-                      "parameters and multiply-adds. Every protocol setting can be overridden by its flag; "
-                      "a flag not given takes the chosen protocol's value, shown as [cifar: ..., imagenet: ...]."),
+    p = _parser("Retrain a genotype from scratch: build the network that stacks its cell and train it "
+                "under the DARTS paper's CIFAR or ImageNet (mobile) protocol, reporting test accuracy, "
+                "parameters and multiply-adds. Every protocol setting can be overridden by its flag; "
+                "a flag not given takes the chosen protocol's value, shown as [cifar: ..., imagenet: ...].",
                 "train")
     p.add_argument(*_flag("--cell", "--arch"), default=None,
                    help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
