@@ -225,3 +225,22 @@ def test_ctrl_c_says_checkpoints_are_intact_only_when_there_are_some(tmp_path):
     assert "before the first checkpoint was written" in _interrupted("interrupted", None)
     (out / "checkpoint-epoch0001.pt").write_bytes(b"")
     assert "the checkpoints already written are intact" in _interrupted("interrupted", config)
+
+
+def test_a_long_evaluation_says_how_far_it_is(monkeypatch):
+    import torch
+
+    from darts_nas import engine
+
+    monkeypatch.setattr(engine, "REPORT_SECONDS", 0.0)  # every batch counts as "30 s later"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    batches = [(torch.randn(2, 1, 2, 2), torch.tensor([0, 1])) for _ in range(3)]
+    lines = []
+    engine.evaluate(model, batches, torch.device("cpu"), log=lines.append, what="epoch 1: testing")
+    assert [line.rsplit(",", 1)[0] for line in lines] == [
+        "  epoch 1: testing: 0 images", "  epoch 1: testing: 2 images", "  epoch 1: testing: 4 images"]
+    assert all(line.endswith(" s") for line in lines)
+    lines.clear()
+    monkeypatch.setattr(engine, "REPORT_SECONDS", 30.0)
+    engine.evaluate(model, batches, torch.device("cpu"), log=lines.append)
+    assert lines == []  # a short evaluation prints nothing
