@@ -67,6 +67,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each process")
     p.add_argument("--memory-variants", action="store_true",
                    help="also PC-DARTS b256 with --recompute, and DARTS b64 / PC-DARTS b256 with --no-kernels")
+    p.add_argument("--all-methods", action="store_true",
+                   help="instead: every registered method at the setting's batch, with its ratio to first-order DARTS")
     p.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args(argv)
@@ -76,6 +78,12 @@ def main(argv=None) -> dict:
     if args.threads:
         common += ["--threads", str(args.threads)]
     todo = variants(setting, args.memory_variants)
+    if args.all_methods:
+        sys.path.insert(0, str(ROOT))
+        from darts_nas.methods import METHODS
+
+        todo = {f"{m} b{setting['batch']}": ["--method", m, "--batch-size", str(setting["batch"])]
+                for m in METHODS.names()}
     if args.only:
         todo = {name: extra for name, extra in todo.items() if name in args.only.split(",")}
     runs: dict[str, list[dict]] = {name: [] for name in todo}
@@ -94,6 +102,8 @@ def main(argv=None) -> dict:
              "pc_darts_b256_recompute_over_darts_b64_memory": ("pc-darts b256 recompute", "darts b64", "peak_rss_mb"),
              "no_kernels_pc_darts_b256_over_darts_b64_memory": ("pc-darts b256 no-kernels", "darts b64 no-kernels",
                                                                 "peak_rss_mb")}
+    if args.all_methods:
+        pairs = {f"{name.split()[0]}_over_darts_step": (name, f"darts b{b}", "step_s") for name in summary}
     ratios = {name: summary[a][key] / summary[c][key] for name, (a, c, key) in pairs.items()
               if a in summary and c in summary}
     first = next(iter(runs.values()))[0]

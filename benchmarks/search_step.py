@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from darts_nas import kernels as cpu_kernels  # noqa: E402
 from darts_nas.accel import Speed  # noqa: E402
 from darts_nas.config import SearchConfig  # noqa: E402
+from darts_nas.cpu_threads import THREADS_HELP, apply_default_threads, configure_cpu, thread_count  # noqa: E402
 from darts_nas.methods import METHODS  # noqa: E402
 from darts_nas.runtime import resolve_device  # noqa: E402
 from darts_nas.supernet import Supernet  # noqa: E402
@@ -53,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_search.py --amp)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -76,8 +77,9 @@ def peak_rss_mb() -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
+    if args.threads is None and args.device == "cpu":  # the scripts' default for these sizes
+        apply_default_threads(args.batch_size, args.init_channels, args.image_size)
     device = resolve_device(args.device)
     cpu_kernels.set_enabled(not args.no_kernels)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darts_nas.accel import Speed  # noqa: E402
+from darts_nas.cpu_threads import THREADS_HELP, apply_default_threads, configure_cpu, thread_count  # noqa: E402
 from darts_nas.genotype import resolve  # noqa: E402
 from darts_nas.network import NETWORKS, count_parameters  # noqa: E402
 from darts_nas.runtime import resolve_device  # noqa: E402
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (as train_final.py --amp)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -55,8 +56,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
+    if args.threads is None and args.device == "cpu":  # the scripts' default for these sizes
+        apply_default_threads(args.batch_size, args.init_channels, args.image_size)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     auxiliary = not args.no_auxiliary

@@ -82,6 +82,9 @@ class Speed:
     def describe(self) -> str:
         parts = [name for name, on in (("bf16 autocast", self.amp), ("channels_last", self.channels_last),
                                        ("torch.compile", self.compile)) if on]
+        if self.device.type == "cpu":  # see darts_nas.cpu_threads
+            threads = torch.get_num_threads()
+            parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
         return ", ".join(parts) if parts else "float32"
 
 

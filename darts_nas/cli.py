@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+# Nothing imported at the top of this module may import torch: --help, --version and argument
+# errors answer in a fraction of a second (tests/test_cli.py checks it). The run's modules are
+# imported once the arguments are known good.
+from . import __version__
+from .commands import command
 from .config import SearchConfig
-from .errors import ConfigError, DartsNasError, RunDirError, RunStopped
-from .tracking import print_error
+from .cpu_threads import add_threads_flag, apply_default_threads, configure_cpu
+from .errors import ConfigError, DartsNasError, RunDirError, RunStopped, print_error
+from .primitives import BUILTIN_OPS
 
 _DEFAULTS = SearchConfig()
 
@@ -25,14 +33,45 @@ def _flag(name: str, *aliases: str) -> list[str]:
     return [name, *aliases]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default shown once, and only when its help text does not already say it; lines
+    wrapped between words (never inside a flag name or a file name)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if ("default" in text or nothing or not action.option_strings
+                or isinstance(action, argparse.BooleanOptionalAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_long_words=False, break_on_hyphens=False)
+
+
+def _parser(description: str, kind: str) -> argparse.ArgumentParser:
+    """An argument parser with the settings both commands share: no prefix matching (``--epoch``
+    is not ``--epochs``), ``--version``, and help text formatted by :class:`_HelpFormatter`."""
+    p = argparse.ArgumentParser(prog=command(kind), description=description, formatter_class=_HelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--version", action="version", version=f"darts-nas {__version__}")
+    return p
+
+
+_REPORT_HELP = ("print progress every N steps, and also after the first step and whenever 30 s have passed "
+                "since the last line")
+
+
 def build_search_parser() -> argparse.ArgumentParser:
     d = _DEFAULTS
-    p = argparse.ArgumentParser(
-        description="DARTS architecture search: train a weight-sharing supernet and its architecture "
-                    "parameters (alphas) alternately on two halves of the training data, then derive the "
-                    "cell genotype. Defaults are the DARTS paper's CIFAR-10 search protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _parser("DARTS architecture search: train a weight-sharing supernet and its architecture "
+                "parameters (alphas) alternately on two halves of the training data, then derive the "
+                "cell genotype. Defaults are the DARTS paper's CIFAR-10 search protocol.", "search")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
@@ -54,7 +93,8 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "and the normal cell is not searched)")
     g.add_argument(*_flag("--nodes", "--steps"), type=int, default=d.nodes, help="intermediate nodes per cell")
     g.add_argument("--ops", default=",".join(d.primitives),
-                   help="comma-separated candidate ops of every edge, in alpha column order")
+                   help=f"comma-separated candidate ops of every edge, in alpha column order; available: "
+                        f"{', '.join(BUILTIN_OPS)} (default: the DARTS paper's eight, {','.join(d.primitives)})")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--method", default=d.method,
@@ -120,13 +160,13 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
-                   help="run directory (default runs/search-<dataset>-<time>); one run at a time may use it (a lock)")
+                   help="run directory (default: runs/search-<dataset>-<time>); one run at a time may use it (a lock)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
     g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=d.report_every,
-                   help="print progress every N steps")
-    g.add_argument("--steps-per-epoch", type=int, default=None,
+                   help=_REPORT_HELP)
+    g.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole weight half)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
     g.add_argument("--no-tensorboard", action="store_true",
@@ -136,7 +176,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="keep the newest N checkpoints (checkpoint-epochNNNN.pt, and checkpoint-epochNNNN-stepSSSSSS.pt "
                         "inside an epoch); an interrupted run resumes from the newest valid one when the same "
                         "command is run again")
-    _add_resume_flags(g, "train_search.py")
+    _add_resume_flags(g, command("search"))
     _add_speed_flags(p, search=True)
     return p
 
@@ -215,6 +255,7 @@ def _add_speed_flags(p: argparse.ArgumentParser, search: bool = False) -> None:
                    help="NHWC memory format for weights and images; default: on for the CPU, where oneDNN runs "
                         "the cells' depthwise convolutions several times faster in it, off for CUDA")
     g.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
+    add_threads_flag(g)
     g.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the whole dataset on the GPU and augment it there in batches (CIFAR-style data); "
                         "default: on when running on CUDA with such data")
@@ -267,8 +308,11 @@ def _one_line_on_interrupt(main: Callable[..., int]) -> Callable[..., int]:
 def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
     """Call ``run(make_config())``; our own errors (invalid settings included) become one line on
     stderr and exit status 2; a graceful stop says how to resume and exits with 128 + the signal."""
+    config = None
     try:
-        run(make_config(), quiet=quiet, **({"resume_only": True} if resume_only else {}))
+        config = make_config()
+        _pick_threads(config)
+        run(config, quiet=quiet, **({"resume_only": True} if resume_only else {}))
     except RunStopped as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return exc.exit_code
@@ -277,15 +321,54 @@ def _run(run, make_config, quiet: bool, resume_only: bool = False) -> int:
             print_error(one_line(exc))
         return 2
     except KeyboardInterrupt as exc:  # before the run's own handlers, or a second signal while stopping
-        reason = str(exc) or "interrupted"
-        print_error(f"{reason}; the checkpoints already written are intact: run the same command again to resume "
-                    f"from the newest one")
+        print_error(_interrupted(str(exc) or "interrupted", config))
         return getattr(exc, "exit_code", 130)
     except OSError as exc:  # a last resort: darts-nas names the files it writes itself
         print_error(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: check that the file "
                     f"or directory exists and is writable, and that the disk has free space")
         return 2
     return 0
+
+
+def _pick_threads(config) -> None:
+    """The CPU thread count for this run's sizes when none was chosen (darts_nas.cpu_threads)."""
+    from .data import get_info
+
+    try:
+        side = config.image_size or get_info(config.dataset, config.data, None).image_size
+    except (DartsNasError, OSError):
+        return  # the run itself says what is wrong with the dataset
+    apply_default_threads(config.batch_size, config.init_channels, side)
+
+
+def _interrupted(reason: str, config) -> str:
+    """The line for a Ctrl-C that reached the command: whether there is anything to resume."""
+    out = getattr(config, "out", None)
+    if out is not None and _has_checkpoints(Path(out)):
+        return (f"{reason}; the checkpoints already written are intact: run the same command again to resume "
+                f"from the newest one")
+    return f"{reason} before the first checkpoint was written: run the same command again to start the run"
+
+
+def _has_checkpoints(out: Path) -> bool:
+    from .checkpoint import numbered_checkpoints
+
+    try:
+        return out.is_dir() and bool(numbered_checkpoints(out))
+    except OSError:
+        return False
+
+
+def _start(kind: str, args: argparse.Namespace):
+    """What both commands do once their arguments parse: set up the CPU threads (before torch is
+    loaded: see darts_nas.cpu_threads), then import the run's module (darts_nas.search or
+    darts_nas.train). None after a Ctrl-C during the import, which prints one line."""
+    configure_cpu(args.threads)
+    try:
+        return importlib.import_module(f"{__package__}.{kind}")
+    except KeyboardInterrupt:
+        print_error(f"{command(kind)} interrupted while starting up: nothing was written")
+        return None
 
 
 # Flags whose destination is not the config field of the same name.
@@ -320,9 +403,8 @@ def resumed_config(run_dir: str, kind: str, given: set[str], from_flags, finishe
     from .resume import checkpoint_settings
     from .runtime import run_kind
 
-    title, script = ("search", "train_search.py") if kind == "search" else ("training run", "train_final.py")
-    other_title, other_script = (("training run", "train_final.py") if kind == "search"
-                                 else ("search", "train_search.py"))
+    title, other_title = ("search", "training run") if kind == "search" else ("training run", "search")
+    other_script = command("train" if kind == "search" else "search")
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirError(f"--resume {path}: no such run directory: give the --out directory of the run to resume")
@@ -373,8 +455,10 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     if args.preset is not None and args.preset.strip().lower() == "list":
         print(describe_presets())
         return 0
-    from .search import RESUMABLE_CHANGES, RESUME_LEARNING_RATES, run  # imported here so --help stays fast
-
+    search = _start("search", args)
+    if search is None:
+        return 130
+    run, RESUMABLE_CHANGES, RESUME_LEARNING_RATES = search.run, search.RESUMABLE_CHANGES, search.RESUME_LEARNING_RATES
     given = _given_flags(build_search_parser, argv)
     if args.resume is None:
         return _run(run, lambda: search_config_from_args(args, given), args.quiet)
@@ -389,15 +473,14 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 def build_train_parser() -> argparse.ArgumentParser:
     from .config import PROTOCOLS
 
-    p = argparse.ArgumentParser(
-        description="Retrain a genotype from scratch: build the network that stacks its cell and train it "
-                    "under the DARTS paper's CIFAR or ImageNet (mobile) protocol, reporting test accuracy, "
-                    "parameters and multiply-adds. Every protocol setting can be overridden by its flag; "
-                    "flags without a default shown take the protocol's value.",
-    )
+    p = _parser("Retrain a genotype from scratch: build the network that stacks its cell and train it "
+                "under the DARTS paper's CIFAR or ImageNet (mobile) protocol, reporting test accuracy, "
+                "parameters and multiply-adds. Every protocol setting can be overridden by its flag; "
+                "a flag not given takes the chosen protocol's value, shown as [cifar: ..., imagenet: ...].",
+                "train")
     p.add_argument(*_flag("--cell", "--arch"), default=None,
                    help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
-                        "cells/ (darts_v2, pdarts, ...; case-insensitive) or genotype text")
+                        "cells/ (darts_v2, pdarts, ...; any case, - or _) or genotype text")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cifar",
                    help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default); "
                         "imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing 0.1")
@@ -416,13 +499,13 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
 
     g = p.add_argument_group("network")
-    g.add_argument("--network", default=None, help="network kind: cifar or imagenet (default: the protocol's)")
+    g.add_argument("--network", default=None, help="network kind: cifar or imagenet")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=None, help="channels C of the first cell")
     g.add_argument("--layers", type=int, default=None, help="number of cells")
     g.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=None,
-                   help="auxiliary head after the second reduction cell (on in both protocols)")
+                   help="auxiliary head after the second reduction cell")
     g.add_argument(*_flag("--auxiliary-weight", "--auxiliary_weight"), type=float, default=None,
-                   help="weight of the auxiliary loss (0.4)")
+                   help="weight of the auxiliary loss")
     g.add_argument(*_flag("--drop-path-prob", "--drop_path_prob"), type=float, default=None,
                    help="final drop-path probability, ramped linearly from 0 over the epochs")
 
@@ -440,28 +523,46 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument(*_flag("--weight-decay", "--weight_decay"), type=float, default=None, help="weight decay")
     g.add_argument(*_flag("--grad-clip", "--grad_clip"), type=float, default=None, help="gradient-norm clip (0 disables)")
     g.add_argument(*_flag("--cutout", "--cutout_length"), type=int, default=None,
-                   help="cutout square side in pixels, 0 disables (cifar protocol: half the image side, 16 at 32x32)")
+                   help="cutout square side in pixels, 0 disables (half the image side is 16 at 32x32)")
     g.add_argument(*_flag("--label-smoothing", "--label_smooth"), type=float, default=None,
-                   help="label smoothing of the cross-entropy (0.1 in the imagenet protocol)")
+                   help="label smoothing of the cross-entropy")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument(*_flag("--out", "--save"), default=None, help="run directory (default runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
+    g.add_argument(*_flag("--out", "--save"), default=None,
+                   help="run directory (default: runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --out, or an unfinished one with other settings (an "
                         "unfinished run with the same settings is resumed)")
-    g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help="print progress every N steps")
-    g.add_argument("--steps-per-epoch", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
+    g.add_argument(*_flag("--report-every", "--report_freq"), type=int, default=50, help=_REPORT_HELP)
+    g.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                   help="stop each epoch after N steps (smoke tests; default: the whole training set)")
     g.add_argument("--quiet", action="store_true", help="log to <out>/log.txt only")
     g.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the run directory (on by default)")
     g.add_argument("--keep-checkpoints", type=int, default=None,
                    help="keep the newest N checkpoints (default 2; those inside an epoch count too); an interrupted "
                         "run resumes from the newest valid one when the same command is run again")
-    _add_resume_flags(g, "train_final.py")
+    _add_resume_flags(g, command("train"))
     _add_speed_flags(p)
+    _show_protocol_values(p, PROTOCOLS)
     return p
+
+
+def _show_protocol_values(parser: argparse.ArgumentParser, protocols: dict[str, dict[str, Any]]) -> None:
+    """Append each protocol's value to the help of the flags that take it when not given."""
+    def shown(value: Any) -> str:
+        if value is None:
+            return "half the image side"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return str(value)
+
+    for action in parser._actions:
+        if action.help and action.default is None and all(action.dest in values for values in protocols.values()):
+            values = ", ".join(f"{name}: {shown(settings[action.dest])}" for name, settings in protocols.items())
+            action.help += f" [{values}]"
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -489,8 +590,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cell is None and args.resume is None:
         parser.error("the following arguments are required: --cell (or --resume RUN_DIR)")
-    from .train import FINISHED, RESUMABLE_CHANGES, RESUME_LEARNING_RATES, run
-
+    train = _start("train", args)
+    if train is None:
+        return 130
+    run, FINISHED = train.run, train.FINISHED
+    RESUMABLE_CHANGES, RESUME_LEARNING_RATES = train.RESUMABLE_CHANGES, train.RESUME_LEARNING_RATES
     if args.resume is None:
         return _run(run, lambda: train_config_from_args(args), args.quiet)
     given = _given_flags(build_train_parser, argv)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .genotype import PRIMITIVES
+from .primitives import PRIMITIVES  # not .genotype: the parsers' --help must not import torch
 
 
 class _Settings:

@@ -197,7 +197,10 @@ class SilentLog:
         self.out = out
         self.quiet = True
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, console: bool = True) -> None:
+        pass
+
+    def to_file(self, message: str) -> None:
         pass
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:

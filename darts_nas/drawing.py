@@ -248,9 +248,11 @@ def cell_dot(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str
     return "\n".join(lines) + "\n"
 
 
-def genotype_dots(genotype) -> dict[str, str]:
-    """``{"normal": dot, "reduce": dot}`` for a :class:`~darts_nas.genotype.Genotype`."""
-    return {cell: cell_dot(getattr(genotype, cell), getattr(genotype, f"{cell}_concat"), CELL_TITLES[cell])
+def genotype_dots(genotype, name: str | None = None) -> dict[str, str]:
+    """``{"normal": dot, "reduce": dot}`` for a :class:`~darts_nas.genotype.Genotype`; ``name``
+    (e.g. ``darts_v2``) heads each title: "darts_v2: normal cell"."""
+    return {cell: cell_dot(getattr(genotype, cell), getattr(genotype, f"{cell}_concat"),
+                           f"{name}: {CELL_TITLES[cell]}" if name else CELL_TITLES[cell])
             for cell in ("normal", "reduce")}
 
 

@@ -72,6 +72,28 @@ def _weight_pass(model: nn.Module, batch):
     """The search method's context for the weight step's forward pass (SDARTS perturbs there)."""
     method = getattr(model, "method", None)
     return contextlib.nullcontext() if method is None else method.weight_pass(model, batch)
+REPORT_SECONDS = 30.0
+"""A progress line at least this often (seconds) within an epoch and during an evaluation."""
+
+
+class _ReportTimes:
+    """Which steps print a progress line: the first one of the run (life within seconds of the
+    start, with a first s/step), every ``every``-th, the last, and, in a single process, any step
+    that ends ``seconds`` or more after the previous line (an epoch of 12 slow steps would print
+    nothing for minutes otherwise). Under torchrun a line sums the metrics of every process (a
+    collective), so all must decide alike: there the clock plays no part."""
+
+    def __init__(self, every: int, total: int, first: int, seconds: float, clock: bool) -> None:
+        self.every, self.total, self.first, self.seconds, self.clock = every, total, first, seconds, clock
+        self.last = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        now = time.perf_counter()
+        due = (step == self.first or step % self.every == 0 or step == self.total
+               or (self.clock and now - self.last >= self.seconds))
+        if due:
+            self.last = now
+        return due
 
 
 def _totals(sums: torch.Tensor, seen: int, dist) -> tuple[list[float], int]:
@@ -114,6 +136,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
     sums, seen, before = _initial_sums(progress, 4, device)  # loss, correct, arch loss, arch correct
     skip_batches(weight_loader, start_step)
     start = time.perf_counter() - before
+    reports = _ReportTimes(report_every, total, start_step + 1, REPORT_SECONDS, clock=dist is None)
     step = start_step
     for step, batch in enumerate(islice(weight_loader, max(total - start_step, 0)), start=start_step + 1):
         x, y = _to(batch, device, speed)
@@ -146,7 +169,7 @@ def search_one_epoch(model: nn.Module, architect, weight_loader: Iterable, arch_
             else:
                 sums[:2] += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
             seen += n
-        if log is not None and (step % report_every == 0 or step == total):
+        if log is not None and reports.due(step):
             s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
             arch = f"arch loss {s[2] / n:.4f}  arch acc {100 * s[3] / n:.2f}%  " if arch_update else ""
@@ -187,6 +210,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     sums, seen, before = _initial_sums(progress, 2, device)  # loss, correct
     skip_batches(loader, start_step)
     start = time.perf_counter() - before
+    reports = _ReportTimes(report_every, total, start_step + 1, REPORT_SECONDS, clock=dist is None)
     step = start_step
     for step, batch in enumerate(islice(loader, max(total - start_step, 0)), start=start_step + 1):
         x, y = _to(batch, device, speed)
@@ -205,7 +229,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             n = y.numel()
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
             seen += n
-        if log is not None and (step % report_every == 0 or step == total):
+        if log is not None and reports.due(step):
             s, n = _totals(sums, seen, dist)
             elapsed = time.perf_counter() - start
             log(f"  epoch {epoch + 1} step {step}/{total}  loss {s[0] / n:.4f}  acc {100 * s[1] / n:.2f}%  "
@@ -225,15 +249,23 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=None, dist=None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=None, dist=None,
+             log: Callable[[str], None] | None = None, what: str = "evaluating") -> dict[str, float]:
     """Loss and top-1 accuracy (%) in eval mode (BatchNorm running statistics). Under torchrun
-    each process reads its shard and ``dist`` sums losses, hits and counts over them."""
+    each process reads its shard and ``dist`` sums losses, hits and counts over them. With
+    ``log``, an evaluation that runs longer than REPORT_SECONDS says so every REPORT_SECONDS
+    (``what``: "evaluating" ...: 300/1000 images, 31 s)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
+    start = last = time.perf_counter()
     for batch in loader:
+        if log is not None and time.perf_counter() - last >= REPORT_SECONDS:
+            last = time.perf_counter()
+            total = _dataset_size(loader)
+            log(f"  {what}: {seen}{f'/{total}' if total else ''} images, {last - start:.0f} s")
         x, y = _to(batch, device, speed)
         with _autocast(speed):
             logits = model(x)
@@ -246,3 +278,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=Non
     (loss_total, correct_total), seen = _totals(torch.stack([loss_sum, correct]), seen, dist)
     seen = max(seen, 1)
     return {"loss": loss_total / seen, "acc": 100.0 * correct_total / seen}
+
+
+def _dataset_size(loader) -> int | None:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None

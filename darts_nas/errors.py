@@ -9,7 +9,13 @@ instead of showing a traceback.
 from __future__ import annotations
 
 import errno
+import sys
 from pathlib import Path
+
+
+def print_error(message: str) -> None:
+    """The one line a command prints for a problem it cannot go on with."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 class DartsNasError(Exception):

@@ -31,18 +31,7 @@ import torch
 
 from .errors import GenotypeError
 from .ops import OPS
-
-PRIMITIVES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
-"""The DARTS candidate ops, in the order that fixes alpha's column order (REFERENCE section 1)."""
+from .primitives import PRIMITIVES  # re-exported: darts_nas.genotype.PRIMITIVES
 
 _FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
 _CELLS = ("normal", "reduce")
@@ -129,11 +118,21 @@ def _to_cell(value: Any, name: str) -> tuple[tuple[str, int], ...]:
         node = 2 + k // 2
         if not 0 <= j < node:
             raise GenotypeError(
-                f"{where} = ({op!r}, {j}) feeds node {node} from node {j}, but node {node} can only "
-                f"take inputs 0..{node - 1}; use an input index in that range"
+                f"{where} = ({op!r}, {j}) feeds intermediate node {node - 2} (index {node}) from index {j}, but "
+                f"that node can only take indices 0..{node - 1} ({_drawn_range(node - 1)}); use an input "
+                f"index in that range"
             )
         pairs.append((str(op), j))
     return tuple(pairs)
+
+
+def _drawn_range(last: int) -> str:
+    """Indices 0..``last`` as the cell diagrams name the nodes (drawing.node_name): the inputs
+    c_{k-2} and c_{k-1}, then the intermediate nodes from 0, so an error and a drawing agree."""
+    names = ["0 is c_{k-2}", "1 is c_{k-1}"][:last + 1]
+    if last >= 2:
+        names.append(f"2..{last} are intermediate nodes 0..{last - 2}" if last > 2 else "2 is intermediate node 0")
+    return ", ".join(names)
 
 
 def _to_concat(value: Any, name: str, steps: int) -> tuple[int, ...]:
@@ -154,8 +153,8 @@ def _to_concat(value: Any, name: str, steps: int) -> tuple[int, ...]:
         node = _as_int(node, f"{name}[{k}]")
         if not 0 <= node <= last:
             raise GenotypeError(
-                f"{name} contains node {node}, but the cell only has nodes 0..{last}; "
-                f"use indices in that range"
+                f"{name} contains index {node}, but the cell only has indices 0..{last} "
+                f"({_drawn_range(last)}); use indices in that range"
             )
         if node in seen:
             raise GenotypeError(f"{name} lists node {node} twice; list each node once")
@@ -943,10 +942,15 @@ def list_cells() -> list[str]:
     return sorted(p.stem.lower() for p in directory.glob("*.json") if p.is_file())
 
 
+def cell_key(name: str) -> str:
+    """A cell name as cells/ spells it: ``DARTS-V2``, ``DARTS_V2`` and ``darts_v2`` are one cell."""
+    return name.strip().lower().replace("-", "_")
+
+
 def load_cell(name: str) -> Genotype:
-    """Load a published genotype by (case-insensitive) name, e.g. ``load_cell("DARTS_V2")``."""
+    """Load a published genotype by name, in any case and with ``-`` or ``_``, e.g. ``load_cell("DARTS-V2")``."""
     names = list_cells()
-    key = name.lower() if isinstance(name, str) else None
+    key = cell_key(name) if isinstance(name, str) else None
     if key not in names:
         raise GenotypeError(f"unknown cell {name!r}; valid cells are: {', '.join(names)}")
     return Genotype.load(cells_dir() / f"{key}.json")
@@ -983,8 +987,8 @@ def resolve(spec: str | os.PathLike) -> Genotype:
             )
         return Genotype.load(target)
     names = list_cells()
-    if spec.strip().lower() in names:
-        return load_cell(spec.strip())
+    if cell_key(spec) in names:
+        return load_cell(spec)
     if "normal" in spec:
         return parse(spec)
     raise GenotypeError(

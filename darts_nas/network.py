@@ -93,8 +93,8 @@ class Cell(nn.Module):
         for k, (op, j) in enumerate(pairs):
             if not 0 <= j < 2 + k // 2:
                 raise ConfigError(
-                    f"pair {k} ({op!r}, {j}) feeds node {2 + k // 2} from node {j}; "
-                    f"use an input index below {2 + k // 2}"
+                    f"pair {k} ({op!r}, {j}) feeds intermediate node {k // 2} (index {2 + k // 2}) from index "
+                    f"{j}; use an input index below {2 + k // 2} (0 is c_{{k-2}}, 1 is c_{{k-1}}, 2 is node 0)"
                 )
         if not concat or any(not 0 <= n <= last for n in concat):
             raise ConfigError(f"concat {list(concat)} must list nodes in 0..{last}; fix the genotype")

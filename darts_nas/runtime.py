@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .checkpoint import numbered_checkpoints
+from .commands import command
 from .errors import ConfigError, RunDirError
 from .runfiles import RunDirLock
 
@@ -30,7 +31,7 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name} was requested but PyTorch sees no CUDA GPU here: "
-                              f"use --device cpu (or auto), or install a CUDA build of torch")
+                              f"use --device cpu (or auto){_no_gpu_fix()}")
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name} does not exist: this machine has "
@@ -39,6 +40,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def _no_gpu_fix() -> str:
+    """What else to try when CUDA was asked for and none is seen: a CPU-only build of torch needs
+    a CUDA build; a CUDA build needs a GPU and its driver (or CUDA_VISIBLE_DEVICES lets none be seen)."""
+    if torch.version.cuda is None:
+        return ", or install a CUDA build of torch"
+    return (f", or check that this machine has an NVIDIA GPU and its driver (this torch is built for CUDA "
+            f"{torch.version.cuda}) and that CUDA_VISIBLE_DEVICES does not hide it")
 
 
 def seed_everything(seed: int) -> None:
@@ -86,15 +96,16 @@ def run_kind(settings: dict[str, Any]) -> str:
 
 
 def _other_kind_of_run(path: Path, kind: str) -> str | None:
-    """'search (train_search.py)' or 'training run (train_final.py)' when ``path`` holds a run of
-    the other script than ``kind`` ('search' or 'train'), judged by its config.json; else None."""
+    """'search (train_search.py)' or 'training run (train_final.py)' (darts-search, darts-train under
+    those) when ``path`` holds a run of the other script than ``kind`` ('search' or 'train'), judged
+    by its config.json; else None."""
     try:
         theirs = run_kind(json.loads((path / "config.json").read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if theirs == kind:
         return None
-    return "search (train_search.py)" if theirs == "search" else "training run (train_final.py)"
+    return f"search ({command('search')})" if theirs == "search" else f"training run ({command('train')})"
 
 
 def prepare_run_dir(out: str | None, kind: str, dataset: str, overwrite: bool,

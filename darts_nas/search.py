@@ -25,6 +25,7 @@ import torch
 
 from .accel import Speed, answer_out_of_memory
 from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
+from .commands import command
 from .config import SearchConfig
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
@@ -39,7 +40,8 @@ from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everyth
 from .methods import METHODS
 from .runfiles import RunDirLock
 from .spaces import SEARCH_SPACES
-from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard
+from .supernet import check_primitives
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, search_legend
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
              "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES)
@@ -69,7 +71,7 @@ RESUME_LEARNING_RATES = {"learning_rate", "arch_learning_rate"}
 
 
 def resume_command(out) -> str:
-    return f"train_search.py --resume {out}"
+    return f"{command('search')} --resume {out}"
 
 
 def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) -> dict[str, Any]:
@@ -91,6 +93,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     SEARCH_SPACES.get(config.space)
     METHODS.get(config.method).check(config)
+    check_primitives(config.primitives)  # before anything is written (an unknown op leaves no run directory)
     check_distributed_settings(config, ctx)
     config = ctx.resume_instead_of_overwrite(config)
 
@@ -232,6 +235,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
              f"{info.num_classes} classes), {device} ({speed.describe()}, "
              f"{describe_loader(data.weight_loader)} data), "
              f"{n_weights:,} weights -> {out}")
+    for line in search_legend(out, config.tensorboard):
+        log.info(line)
     if ctx.is_distributed:
         log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
                  f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
@@ -263,7 +268,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         config.checkpoint_every, config.checkpoint_minutes, stop or GracefulStop(),
         lambda progress: save_rotating(out, progress.epoch, state(progress.epoch, progress),
                                        keep=config.keep_checkpoints, step=progress.step),
-        f"{resume_command(out)}", log.info)
+        f"{resume_command(out)}", log.to_file)  # the command prints the stop line
     for epoch in range(start_epoch, config.epochs):
         set_epoch(data.weight_loader, epoch)
         resumed = resume is not None and epoch == start_epoch and start_step > 0
@@ -285,7 +290,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                 f"--learning-rate {config.learning_rate / 10:g} (or --arch-learning-rate "
                 f"{config.arch_learning_rate / 10:g})", getattr(config, "amp", False))) from None
         ctx.average_buffers(model)  # one set of BatchNorm statistics for evaluation and checkpoint
-        arch_eval = evaluate(model, data.arch_eval_loader, device, speed, dist=ctx.sync)
+        arch_eval = evaluate(model, data.arch_eval_loader, device, speed, dist=ctx.sync, log=log.info,
+                             what=f"epoch {epoch + 1}: evaluating the architecture half")
         scheduler.step()
         genotype = model.genotype()
         ctx.check_replicas(model, genotype)

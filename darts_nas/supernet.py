@@ -175,7 +175,7 @@ class Supernet(nn.Module):
             method = Darts()
         self.method = method  # not a module: its state is checkpointed by the run loop
         primitives = tuple(primitives)
-        _check_primitives(primitives)
+        check_primitives(primitives)
         if multiplier is None:
             multiplier = steps
         for name, value in (("init channels", C), ("classes", num_classes), ("layers", layers),
@@ -297,7 +297,8 @@ def _running_stats_frozen(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def _check_primitives(primitives: tuple[str, ...]) -> None:
+def check_primitives(primitives: Sequence[str]) -> None:
+    """Refuses unknown, repeated or only-"none" candidate ops (a ConfigError naming the valid ones)."""
     for name in primitives:
         OPS.get(name)  # unknown op -> ConfigError listing the valid ones
     seen = set()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,7 +21,7 @@ import torch
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .drawing import (CELL_TITLES, DOT_MISSING_HINT, OUTPUT_NAME, GraphvizError, Heatmap, draw_heatmap,
                       edge_names, edge_row, find_dot, genotype_dots, node_name, png_bytes, png_size, render_dot)
-from .errors import RunFileError
+from .errors import RunFileError, print_error  # noqa: F401  (print_error: re-exported)
 from .genotype import Genotype
 from .ops import PARAMETER_FREE
 from .runfiles import append_record, open_for_append, read_records, write_all
@@ -38,9 +37,10 @@ class RunLog:
         self.quiet = quiet
         self._log: int | None = open_for_append(out / "log.txt")
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, console: bool = True) -> None:
+        """Append ``message`` to log.txt and, unless quiet or ``console`` is False, print it."""
         line = f"{time.strftime('%H:%M:%S')} {message}"
-        if not self.quiet:
+        if console and not self.quiet:
             print(line, flush=True)
         if self._log is None:
             return
@@ -48,6 +48,11 @@ class RunLog:
             write_all(self._log, (line + "\n").encode("utf-8"))  # one write per line: no interleaving
         except OSError as exc:  # full disk, read-only directory: one line naming the file
             raise RunFileError.from_os_error(exc, self.out / "log.txt") from None
+
+    def to_file(self, message: str) -> None:
+        """Append ``message`` to log.txt only: for a line the command itself prints on stderr (a
+        stop), which would otherwise show twice on the console."""
+        self.info(message, console=False)
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         append_record(self.out / name, record)
@@ -58,14 +63,37 @@ class RunLog:
             self._log = None
 
 
+def search_legend(out: Path, tensorboard: bool) -> list[str]:
+    """Lines printed once at the start of a search: what its accuracies mean, where TensorBoard looks."""
+    lines = ["reading the numbers: on the step lines, 'acc' and 'arch acc' are the weight half and the "
+             "architecture half as the search trains on them (augmented images, training-mode BatchNorm with "
+             "each batch's statistics), averaged over the epoch so far; the epoch line's 'arch-half acc' is the "
+             "whole architecture half after the epoch in eval mode (no augmentation, BatchNorm's running "
+             "statistics), so the two differ"]
+    return lines + _tensorboard_line(out, tensorboard)
+
+
+def train_legend(out: Path, tensorboard: bool, augmentation: str) -> list[str]:
+    """Lines printed once at the start of a retraining: why train and test accuracy differ, where
+    TensorBoard looks. ``augmentation`` names what the training images go through."""
+    lines = [f"reading the numbers: train 'acc' is on training images as they are trained on ({augmentation}, "
+             f"training-mode BatchNorm), averaged over the epoch; 'test acc' is the test set after the epoch in "
+             f"eval mode (no augmentation or drop-path, BatchNorm's running statistics), so test accuracy can be "
+             f"the higher"]
+    return lines + _tensorboard_line(out, tensorboard)
+
+
+def _tensorboard_line(out: Path, tensorboard: bool) -> list[str]:
+    if not tensorboard:
+        return []
+    return [f"TensorBoard logs go to {out}: view them with  tensorboard --logdir {out}  (then open "
+            f"http://localhost:6006)"]
+
+
 def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The records of a JSON-lines run file; a torn last line is dropped (see
     :func:`darts_nas.runfiles.read_records`)."""
     return read_records(path, warn)
-
-
-def print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ import torch
 
 from .accel import Speed, answer_out_of_memory
 from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
+from .commands import command
 from .config import TrainConfig
 from .data import DatasetInfo, get_info, set_epoch, train_test_data
 from .distributed import Distributed, session
 from .engine import EpochProgress, NonFiniteLossError, evaluate, train_one_epoch
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
 from .genotype import Genotype, resolve
@@ -36,7 +37,7 @@ from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything, settings_differences
 from .runfiles import RunDirLock
-from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, TrainBoard, train_legend
 
 FINISHED = "metrics.json"
 # Settings that may change when an interrupted run is resumed; all others must match.
@@ -48,7 +49,7 @@ RESUME_LEARNING_RATES = {"learning_rate"}
 
 
 def resume_command(out) -> str:
-    return f"train_final.py --resume {out}"
+    return f"{command('train')} --resume {out}"
 RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED,
              *CELL_DIAGRAM_FILES)
 
@@ -98,6 +99,7 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
     device = ctx.device
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     check_distributed_settings(config, ctx)
+    check_batch_for_the_auxiliary_head(config, ctx.world_size)
     config = ctx.resume_instead_of_overwrite(config)
     genotype = resolve(config.cell)
     NETWORKS.get(config.network)
@@ -201,8 +203,12 @@ def _compare(config: TrainConfig, summary: dict[str, Any], compare, quiet: bool,
     summary["comparison"] = results
     if ctx.is_main:
         atomic_write_text(out / FINISHED, json.dumps(summary, indent=2, sort_keys=True))
-    if not quiet and ctx.is_main:
-        print(comparison_table(results), flush=True)
+    if ctx.is_main:  # on the console (unless --quiet) and in log.txt
+        log = ctx.run_log(out, quiet=quiet)
+        try:
+            log.info("comparison under identical settings:\n" + comparison_table(results))
+        finally:
+            log.close()
     return summary
 
 
@@ -224,6 +230,21 @@ def _finite(value: float) -> float | None:
     return value if value == value else None
 
 
+def _augmentation(config: TrainConfig, info: DatasetInfo) -> str:
+    """What the training images go through, in words, e.g. "random crop and flip, cutout 16, drop-path up to 0.2"."""
+    kind = {"crop": "random crop" + (" and flip" if info.hflip else ""),
+            "imagenet": "random resized crop, flip and colour jitter"}.get(info.augment, info.augment)
+    parts = [kind] + ([f"cutout {config.cutout}"] if config.cutout else [])
+    parts += [f"drop-path up to {config.drop_path_prob:g}"] if config.drop_path_prob > 0 else []
+    return ", ".join(parts)
+
+
+def _network_name(network: str) -> str:
+    """The network kind as a user reads it: the kind is the architecture family (CIFAR-style: a
+    3x3 stem, for small images; ImageNet-style: a strided stem), not the data set."""
+    return {"cifar": "CIFAR-style network", "imagenet": "ImageNet-style network"}.get(network, f"{network} network")
+
+
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "multiply_adds", "out")}
 
@@ -233,17 +254,31 @@ def _slug(spec: str) -> str:
 
 
 def comparison_table(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'cell':<28} {'final test acc':>14} {'best test acc':>13} {'params':>10} {'mult-adds':>12}"]
+    """One row per cell; columns as wide as their widest entry, separated by " | "."""
+    header = ("cell", "final test acc", "best test acc", "params", "mult-adds")
+    rows = [header]
     for r in results:
         final, best = (f"{v:.2f}%" if v is not None else "-" for v in (r["final_test_acc"], r["best_test_acc"]))
-        lines.append(f"{r['cell'][-28:]:<28} {final:>14} {best:>13} {r['params']:>10,} {r['multiply_adds']:>12,}")
-    return "\n".join(lines)
+        rows.append((r["cell"], final, best, f"{r['params']:,}", f"{r['multiply_adds']:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(" | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                                enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
 def check_distributed_settings(config: TrainConfig, ctx: Distributed) -> None:
     from .search import check_distributed_settings as check
 
     check(config, ctx)
+
+
+def check_batch_for_the_auxiliary_head(config: TrainConfig, world_size: int = 1) -> None:
+    """The auxiliary head's BatchNorm sees one value per channel and image (its input is pooled to
+    1x1), so in training it needs two images per batch and process; refused before anything is written."""
+    if config.epochs > 0 and config.auxiliary and config.batch_size // world_size < 2:
+        per = " per process" if world_size > 1 else ""
+        raise ConfigError(f"--batch-size {config.batch_size} gives batches of one image{per}, which the auxiliary "
+                          f"head's BatchNorm cannot train on: use --batch-size {2 * world_size} or more, or "
+                          f"--no-auxiliary")
 
 
 def build_network(config: TrainConfig, genotype: Genotype, info: DatasetInfo) -> torch.nn.Module:
@@ -291,11 +326,15 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             "sizes": sizes, "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
         }, indent=2, sort_keys=True))
-    log.info(f"{config.network} network of {config.cell!r}: {config.layers} cells, C={config.init_channels}, "
+    log.info(f"{info.name}: {_network_name(config.network)} of {config.cell!r}: {config.layers} cells, "
+             f"C={config.init_channels}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
              f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
              f"{info.image_size}, on {device} ({speed.describe()}"
              f"{', ' + describe_loader(data.train_loader) + ' data' if data else ''}) -> {out}")
+    if config.epochs > 0:
+        for line in train_legend(out, config.tensorboard, _augmentation(config, info)):
+            log.info(line)
 
     start = time.perf_counter()
     final = {"loss": float("nan"), "acc": float("nan")}
@@ -353,7 +392,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             config.checkpoint_every, config.checkpoint_minutes, stop or GracefulStop(),
             lambda progress: save_rotating(out, progress.epoch, state(progress.epoch, progress),
                                            keep=config.keep_checkpoints, step=progress.step),
-            resume_command(out), log.info)
+            resume_command(out), log.to_file)  # the command prints the stop line
         for epoch in range(start_epoch, config.epochs):
             set_epoch(data.train_loader, epoch)
             model.drop_path_prob = drop_path_schedule(config.drop_path_prob, epoch, config.epochs)
@@ -375,7 +414,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                     exc, newest, resume_command(out), f"--learning-rate {config.learning_rate / 10:g}",
                     getattr(config, "amp", False))) from None
             ctx.average_buffers(model)  # one set of BatchNorm statistics for the test and checkpoint
-            final = evaluate(model, data.test_loader, device, speed, dist=ctx.sync)
+            final = evaluate(model, data.test_loader, device, speed, dist=ctx.sync, log=log.info,
+                             what=f"epoch {epoch + 1}: testing")
             scheduler.step()
             best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
             record = {"epoch": epoch + 1, **metrics, "drop_path_prob": model.drop_path_prob,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ from PIL import Image
 
 from .errors import ConfigError, DartsNasError, RunDirError
 from .drawing import GraphvizError, find_dot, genotype_dots, render_dot, side_by_side
-from .genotype import Genotype, resolve
+from .genotype import Genotype, cell_key, list_cells, resolve
 from .tracking import CELL_TYPES, print_error, read_jsonl
 
 FORMATS = ("png", "svg", "dot")
@@ -33,9 +34,31 @@ def diagram_paths(out: str | Path) -> dict[str, Path]:
     return {cell: out.with_name(f"{out.stem}_{cell}{out.suffix}") for cell in CELL_TYPES}
 
 
-def write_diagrams(genotype: Genotype, out: str | Path) -> list[Path]:
+def spec_name(spec: str) -> str | None:
+    """The name a genotype spec gives its cell, for titles and file names: a published cell's name
+    (``DARTS-V2`` -> ``darts_v2``), a file's stem, a run directory's name; None for genotype text."""
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            return path.resolve().name or None
+        if path.is_file():
+            return path.stem
+    except (OSError, ValueError):  # genotype text too long for a file name
+        pass
+    return cell_key(spec) if cell_key(spec) in list_cells() else None
+
+
+def default_out(spec: str) -> Path:
+    """Where the diagrams go without ``-o``: ``NAME.png`` in the current directory (``NAME.dot``
+    without Graphviz), NAME as :func:`spec_name` gives it, ``genotype`` for genotype text."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec_name(spec) or "genotype")
+    return Path(f"{name}.{'png' if find_dot() is not None else 'dot'}")
+
+
+def write_diagrams(genotype: Genotype, out: str | Path, name: str | None = None) -> list[Path]:
     """Write the two cell diagrams of ``genotype`` in the format of ``out``'s extension (png, svg
-    or dot), always with their ``.dot`` sources; returns the paths written."""
+    or dot), always with their ``.dot`` sources, titled with ``name`` if given; returns the paths
+    written."""
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -43,7 +66,7 @@ def write_diagrams(genotype: Genotype, out: str | Path) -> list[Path]:
     if not out.parent.is_dir():
         raise RunDirError(f"cannot write {out}: the directory {out.parent} does not exist")
     written = []
-    sources = genotype_dots(genotype)
+    sources = genotype_dots(genotype, name)
     for cell, path in diagram_paths(out.with_suffix(".dot")).items():
         path.write_text(sources[cell], encoding="utf-8")
         written.append(path)
@@ -119,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cells/ (darts_v2, pdarts, ...) or genotype text")
     p.add_argument("-o", "--out", default=None,
                    help="OUT.png, OUT.svg or OUT.dot: writes OUT_normal.* and OUT_reduce.* (and the "
-                        ".dot sources); .dot needs no Graphviz")
+                        ".dot sources); .dot needs no Graphviz (default without --gif: NAME.png in the current "
+                        "directory, NAME.dot without Graphviz, NAME being the cell's name, file or run directory)")
     p.add_argument("--gif", default=None, metavar="OUT.gif",
                    help="with a search run directory as SPEC: an animated GIF of both cells, one frame "
                         "per epoch of history.jsonl")
@@ -130,14 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.out is None and args.gif is None:
-            raise ConfigError("nothing to write: give -o OUT.png (or .svg, .dot) and/or --gif OUT.gif")
+        out = args.out if args.out is not None or args.gif is not None else default_out(args.spec)
         if args.frame_ms < 1:
             raise ConfigError(f"--frame-ms must be at least 1, got {args.frame_ms}")
         if args.gif is not None:
             search_history(args.spec)  # a bad run directory fails before anything is written
-        if args.out is not None:
-            for path in write_diagrams(resolve(args.spec), args.out):
+        if out is not None:
+            for path in write_diagrams(resolve(args.spec), out, spec_name(args.spec)):
                 print(path)
         if args.gif is not None:
             print(write_gif(args.spec, args.gif, args.frame_ms))

@@ -310,8 +310,16 @@ def test_node_index_bound_is_per_node():
     # Pair 2 feeds node 3, so it may read node 2 but not node 3.
     pairs = [("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 2), ("skip_connect", 0)]
     assert Genotype(**small_genotype(normal=pairs, normal_concat=[2, 3])).normal_steps == 2
-    with pytest.raises(GenotypeError):
+    with pytest.raises(GenotypeError) as info:
         Genotype(**small_genotype(normal=pairs[:2] + [("skip_connect", 3), ("skip_connect", 0)]))
+    # named as the diagrams name it: index 3 is intermediate node 1, inputs are c_{k-2} and c_{k-1}
+    message = str(info.value)
+    assert "intermediate node 1 (index 3)" in message and "0 is c_{k-2}" in message, message
+
+
+@pytest.mark.parametrize("name", ["DARTS-V2", "darts_v2", "DARTS_V2", " Darts-v2 "])
+def test_cell_names_match_loosely(name):
+    assert resolve(name) == load_cell("darts_v2") == load_cell(name)
 
 
 @pytest.mark.parametrize("key", ["normal", "normal_concat", "reduce", "reduce_concat"])

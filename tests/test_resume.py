@@ -60,11 +60,11 @@ def reference(tmp_path_factory):
 
 
 def start(out: Path, *extra: str, script: str = "train_search.py", args=ARGS, wrapper: Path | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
+          env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     command = [str(wrapper)] if wrapper else []
     return subprocess.Popen([sys.executable, *command, str(ROOT / script), *args, "--out", str(out), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=env, stdout=stdout, stderr=subprocess.PIPE)
 
 
 def kill_when(process: subprocess.Popen, condition, timeout: float = 120.0) -> None:
@@ -264,12 +264,15 @@ def wait_for_exit(process: subprocess.Popen, timeout: float = 60.0) -> tuple[int
 
 def test_sigint_stops_after_the_step_and_resume_flag_continues(tmp_path, reference, capsys):
     out = tmp_path / "run"
-    process = start(out, "--report-every", "1")
+    process = start(out, "--report-every", "1", stdout=subprocess.PIPE)
     wait_for_log(process, out, "epoch 1 step 1/4", timeout=120)
     process.send_signal(signal.SIGINT)
-    code, err = wait_for_exit(process)
+    printed, err = (text.decode().strip() for text in process.communicate(timeout=60))
+    code = process.returncode
     assert code == 130, err
     assert "\n" not in err and err.startswith("stopped by SIGINT at epoch 1, step ")
+    # the stop line shows once on the console (on stderr), and is in log.txt
+    assert "stopped by SIGINT" not in printed and err in (out / "log.txt").read_text()
     assert f"train_search.py --resume {out}" in err and "same command" in err
     newest = load_checkpoint(numbered_checkpoints(out)[0])
     assert newest["epoch"] == 0 and 1 <= newest["step"] <= 4

@@ -49,6 +49,12 @@ def test_search_writes_a_complete_run_directory(tmp_path):
     assert set(raw) >= {"normal", "normal_concat", "reduce", "reduce_concat"}
     assert raw["normal_concat"] == [2, 3]
 
+    log = (out / "log.txt").read_text()
+    # a line after the first step (life within seconds), the accuracies explained, TensorBoard's command
+    assert "epoch 1 step 1/3" in log and "epoch 1 step 2/3" not in log and "epoch 1 step 3/3" in log
+    assert "the epoch line's 'arch-half acc' is the whole architecture half after the epoch in eval mode" in log
+    assert f"tensorboard --logdir {out}" in log
+
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
@@ -158,14 +164,17 @@ def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, capsys, arg
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
-    assert not (out / "config.json").exists()
+    assert not out.exists()  # not even an empty log or an event file
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_cuda_requested_without_a_gpu(tmp_path, capsys):
     code, _ = search(tmp_path, "--device", "cuda")
     assert code == 2
-    assert "--device cpu" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--device cpu" in err
+    # a CUDA build of torch needs a GPU and its driver, not another torch
+    assert ("install a CUDA build" in err) == (torch.version.cuda is None), err
 
 
 def test_original_darts_flag_spellings_are_aliases():

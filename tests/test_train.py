@@ -91,6 +91,12 @@ def test_short_training_improves_test_accuracy_and_writes_the_run(tmp_path):
     assert summary["final_test_acc"] == metrics[-1]["test_acc"]
     assert summary["best_test_acc"] == max(m["test_acc"] for m in metrics)
     assert summary["params_auxiliary"] == 0
+    log = (out / "log.txt").read_text()
+    # the header names the data and the network built; the first step has a line; the accuracies explained
+    assert "digits: CIFAR-style network of 'darts_v2'" in log and "cifar network" not in log
+    assert "epoch 1 step 1/" in log
+    assert "train 'acc' is on training images as they are trained on (random crop, drop-path up to 0.2" in log
+    assert f"tensorboard --logdir {out}" in log
 
     # The same network before training, built with the same seed, is near chance.
     torch.manual_seed(0)
@@ -120,6 +126,11 @@ def test_compare_trains_both_cells_under_the_same_settings(tmp_path, capsys):
     assert other["cell"] == "pdarts" and other["epochs"] == 1
     printed = capsys.readouterr().out
     assert "darts_v1" in printed and "pdarts" in printed and "final test acc" in printed
+    # the table's columns are separated, and the table is in log.txt too
+    log = (out / "log.txt").read_text()
+    header = next(line for line in log.splitlines() if line.startswith("cell "))
+    assert header.split(" | ")[1:3] == ["final test acc", "best test acc"] and header in printed
+    assert "pdarts " in log
 
 
 def test_trains_a_searched_genotype_from_its_run_directory(tmp_path):
@@ -178,6 +189,17 @@ def test_unknown_users_home_in_compare_and_data_is_one_line(tmp_path, capsys):
         assert train_main(["--cell", "darts_v2", *TINY, "--epochs", "1", *extra, "--out", str(tmp_path / "t")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and expected in err, err
+@pytest.mark.parametrize("args,expected", [
+    (["--batch-size", "1"], "--no-auxiliary"),  # the auxiliary head's BatchNorm needs two images
+    (["--compare", "darts_v9"], "valid cells are"),
+    (["--network", "resnet"], "valid networks are"),
+])
+def test_bad_settings_give_one_line_and_leave_no_run_directory(tmp_path, capsys, args, expected):
+    code, out = train(tmp_path, "--epochs", "1", "--steps-per-epoch", "1", *args)
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert not out.exists()
 
 
 def test_refuses_to_overwrite_a_finished_training_run(tmp_path, capsys):

@@ -53,7 +53,7 @@ def test_a_published_cell_by_name(tmp_path, capsys):
     assert main(["darts_v2", "-o", str(tmp_path / "v2.png")]) == 0
     for cell in ("normal", "reduce"):
         assert opened(tmp_path / f"v2_{cell}.png").width > 100
-        assert (tmp_path / f"v2_{cell}.dot").read_text() == genotype_dots(load_cell("darts_v2"))[cell]
+        assert (tmp_path / f"v2_{cell}.dot").read_text() == genotype_dots(load_cell("darts_v2"), "darts_v2")[cell]
     printed = capsys.readouterr().out.split()
     assert len(printed) == 4 and str(tmp_path / "v2_normal.png") in printed
 
@@ -70,7 +70,8 @@ def test_a_genotype_file_as_svg(tmp_path):
 @needs_dot
 def test_a_search_run_directory_and_its_animation(search_run, tmp_path):
     assert main([str(search_run), "-o", str(tmp_path / "cell.png"), "--gif", str(tmp_path / "search.gif")]) == 0
-    assert (tmp_path / "cell_normal.dot").read_text() == genotype_dots(Genotype.load(search_run / "genotype.json"))["normal"]
+    genotype = Genotype.load(search_run / "genotype.json")
+    assert (tmp_path / "cell_normal.dot").read_text() == genotype_dots(genotype, "search")["normal"]
     gif = opened(tmp_path / "search.gif")
     assert gif.format == "GIF" and gif.n_frames == 3  # one frame per epoch
     assert gif.width > 200
@@ -104,12 +105,28 @@ def test_gif_without_dot_is_a_one_line_error(search_run, tmp_path, monkeypatch, 
     (["{tmp}", "--gif", "{tmp}/x.gif"], "no history.jsonl"),
     (["darts_v2", "-o", "{tmp}/x.jpg"], ".png, .svg or .dot"),
     (["darts_v2", "-o", "{tmp}/missing/x.png"], "does not exist"),
-    (["darts_v2"], "nothing to write"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(args) == 2
     assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("spec,name", [("DARTS-V2", "darts_v2"), ("{tmp}/my-cell.json", "my-cell"),
+                                       ("{tmp}", None)])
+def test_without_out_a_file_named_after_the_cell_is_written_here(tmp_path, monkeypatch, capsys, spec, name):
+    (tmp_path / "my-cell.json").write_text(load_cell("pdarts").to_json())
+    load_cell("pdarts").save(tmp_path / "genotype.json")  # tmp_path as a run directory
+    name = name or tmp_path.name
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no Graphviz: the .dot sources
+    assert main([spec.replace("{tmp}", str(tmp_path))]) == 0
+    assert sorted(p.name for p in here.iterdir()) == [f"{name}_normal.dot", f"{name}_reduce.dot"]
+    title = f'label="{name}: reduction cell"'
+    assert title in (here / f"{name}_reduce.dot").read_text()
+    assert capsys.readouterr().out.split() == [f"{name}_normal.dot", f"{name}_reduce.dot"]
 
 
 def test_runs_as_a_module(tmp_path):
