@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
         sync()
         t1 = time.perf_counter()
         w_opt.zero_grad(set_to_none=True)
-        with speed.autocast():
+        with speed.autocast(), method.weight_pass(model, train):  # as the search's weight step
             loss = F.cross_entropy(model(train[0]), train[1])
         sync()
         t2 = time.perf_counter()
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
         with run_profile(activities=activities) as prof:
             architect.step(train, val, xi=0.025)
             w_opt.zero_grad(set_to_none=True)
-            with speed.autocast():
+            with speed.autocast(), method.weight_pass(model, train):
                 loss = F.cross_entropy(model(train[0]), train[1])
             loss.backward(inputs=weights)
             w_opt.step()
