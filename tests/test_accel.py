@@ -363,8 +363,9 @@ def test_cpu_runs_reuse_freed_memory_instead_of_faulting_it_in_again():
     assert kept["kept"] is True
     first, second, third = kept["faults"]
     assert first > 0  # 256 MiB of fresh pages (65,536 of 4 KiB; fewer with transparent huge pages)
-    # the later passes reuse the first one's pages (a few MiB come fresh while the heap settles)
-    assert second < first / 8 and third < first / 20, kept
+    # the later passes reuse the first one's pages (up to 32 MiB, one mmap threshold, may come
+    # fresh while the heap settles: 8,194 pages were seen; the opt-out below faults > first / 2)
+    assert second < first / 4 and third < first / 20, kept
     default = _reuse_probe("0")
     assert default["kept"] is False
     # glibc's defaults hand the memory back and fault it in again on the next pass (after a few
