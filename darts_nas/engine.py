@@ -261,19 +261,21 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=Non
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     start = last = time.perf_counter()
-    for batch in loader:
-        if log is not None and time.perf_counter() - last >= REPORT_SECONDS:
-            last = time.perf_counter()
-            total = _dataset_size(loader)
-            log(f"  {what}: {seen}{f'/{total}' if total else ''} images, {last - start:.0f} s")
-        x, y = _to(batch, device, speed)
-        with _autocast(speed):
-            logits = model(x)
-        if isinstance(logits, tuple):  # final networks return (logits, logits_aux)
-            logits = logits[0]
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum().double()
-        seen += y.numel()
+    method = getattr(model, "method", None)  # a search method may evaluate its own way (GDAS)
+    with contextlib.nullcontext() if method is None else method.eval_pass(model):
+        for batch in loader:
+            if log is not None and time.perf_counter() - last >= REPORT_SECONDS:
+                last = time.perf_counter()
+                total = _dataset_size(loader)
+                log(f"  {what}: {seen}{f'/{total}' if total else ''} images, {last - start:.0f} s")
+            x, y = _to(batch, device, speed)
+            with _autocast(speed):
+                logits = model(x)
+            if isinstance(logits, tuple):  # final networks return (logits, logits_aux)
+                logits = logits[0]
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum().double()
+            seen += y.numel()
     model.train(was_training)
     (loss_total, correct_total), seen = _totals(torch.stack([loss_sum, correct]), seen, dist)
     seen = max(seen, 1)

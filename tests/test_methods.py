@@ -553,3 +553,26 @@ def test_drnas_samples_lie_on_the_simplex_and_follow_the_expected_loss():
     assert float(method.arch_regulariser(model)) == pytest.approx(0.0, abs=1e-6)
     model.eval()
     assert torch.allclose(method.edge_plan(model, "normal").weights, torch.full((5, 8), 1 / 8))
+
+
+def test_gdas_evaluates_the_most_likely_path_with_batch_statistics_and_keeps_the_running_ones():
+    from darts_nas.engine import evaluate
+
+    method = Gdas(SearchConfig(method="gdas"))
+    model = supernet(method)
+    model.train()
+    x, y = batch(5, n=8)
+    for _ in range(3):  # sampled training passes move the running statistics
+        model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = evaluate(model, [(x, y)], torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing moved
+    assert model.training and method.draws == 3  # back in training mode, no draw made
+    # the same as the most likely path, normalised with the batch's own statistics
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.train()
+    with torch.no_grad():
+        logits = model(x)
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)

@@ -12,6 +12,7 @@ seam                               DARTS (this class's defaults)
                                    ops run (all); how a node sums its edges (plainly)
 :meth:`arch_regulariser`           extra terms of the architecture loss: none
 :meth:`weight_pass`                what the weight step's forward pass sees: the same plan
+:meth:`eval_pass`                  how the supernet is evaluated: eval mode, BatchNorm's running statistics
 :meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
 :meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
 :meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
@@ -109,6 +110,11 @@ class Method:
     def arch_regulariser(self, model: nn.Module) -> torch.Tensor | None:
         """A term added to the architecture loss (None: the plain cross-entropy)."""
         return None
+
+    def eval_pass(self, model: nn.Module) -> ContextManager:
+        """Entered around an evaluation of the supernet (the architecture half after each epoch),
+        with the model in eval mode: BatchNorm's running statistics, by default."""
+        return contextlib.nullcontext()
 
     def weight_pass(self, model: nn.Module, batch) -> ContextManager:
         """Entered around the forward pass of each weight step on ``batch`` (SDARTS perturbs the

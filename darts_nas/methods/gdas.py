@@ -26,12 +26,18 @@ samples are a pure function of the seed and the step, on any device and on every
 process alike, so a resumed search is bit-identical.
 
 In evaluation mode (the end-of-epoch evaluation on the architecture half) no noise is drawn: each
-edge runs its most likely op, which is the architecture a search at that epoch would return.
+edge runs its most likely op, which is the architecture a search at that epoch would return, and
+BatchNorm normalises with each batch's statistics (its running statistics are left as they are).
+The running statistics mix every path sampled during training, which the most likely path is not:
+with them a GDAS supernet trained 30 epochs on digits scored 8.5% on the architecture half, with
+batch statistics 36.0% (the authors' NAS-Bench-201 search supernet does not track running
+statistics at all).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +113,21 @@ class Gdas(Method):
         noise = gumbel_noise(tuple(alphas.shape), self.seed, (self.draws - 1) * len(types) + types.index(cell_type))
         weights, active = straight_through(alphas, noise, self.tau)
         return EdgePlan(weights, active)
+
+    @contextlib.contextmanager
+    def eval_pass(self, model: nn.Module) -> Iterator[None]:
+        from ..supernet import _running_stats_frozen
+
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        modes = [m.training for m in layers]
+        with _running_stats_frozen(model):
+            for m in layers:
+                m.train(True)
+            try:
+                yield
+            finally:
+                for m, mode in zip(layers, modes):
+                    m.train(mode)
 
     def state_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, "draws": self.draws}
