@@ -45,15 +45,21 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
 
     g = p.add_argument_group("search space")
-    g.add_argument("--space", default=d.space, help="search space (registered: darts)")
+    g.add_argument("--space", default=d.space,
+                   help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
+                        "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
                    help="channels of the first cell (C)")
-    g.add_argument("--layers", type=int, default=d.layers,
-                   help="number of cells; reductions at layers//3 and 2*layers//3 (below 3 every cell reduces "
-                        "and the normal cell is not searched)")
-    g.add_argument(*_flag("--nodes", "--steps"), type=int, default=d.nodes, help="intermediate nodes per cell")
-    g.add_argument("--ops", default=",".join(d.primitives),
-                   help="comma-separated candidate ops of every edge, in alpha column order")
+    g.add_argument("--layers", type=int, default=None,
+                   help="number of cells (default: 8 for darts, 15 for nas-bench-201); darts: reductions at "
+                        "layers//3 and 2*layers//3 (below 3 every cell reduces and the normal cell is not "
+                        "searched); nas-bench-201: a multiple of 3, three stages of layers/3 cells")
+    g.add_argument(*_flag("--nodes", "--steps"), type=int, default=None,
+                   help="intermediate nodes per cell (default: 4 for darts; nas-bench-201 cells have 3)")
+    g.add_argument("--ops", default=None,
+                   help="comma-separated candidate ops of every edge, in alpha column order (default: the "
+                        "space's: " + ",".join(d.primitives) + " for darts; none,skip_connect,nor_conv_1x1,"
+                        "nor_conv_3x3,avg_pool_3x3 for nas-bench-201)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--method", default=d.method,
@@ -138,7 +144,7 @@ def _add_resume_flags(g, script: str) -> None:
 def search_config_from_args(args: argparse.Namespace, given: set[str] | None = None) -> SearchConfig:
     """The settings of the flags; with ``--preset``, the preset's settings replace those of the
     flags not ``given`` on the command line (all of them when ``given`` is None)."""
-    ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
+    ops = None if args.ops is None else tuple(op.strip() for op in args.ops.split(",") if op.strip())
     settings = dict(
         dataset=args.dataset, data=args.data, download=args.download, image_size=args.image_size,
         train_portion=args.train_portion, workers=args.workers, space=args.space,

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .arch_string import NB201_PRIMITIVES, SPACE
 from .errors import ConfigError
 from .genotype import PRIMITIVES
 
@@ -66,6 +67,29 @@ def _check_checkpoint_intervals(settings) -> None:
         raise ConfigError(f"--checkpoint-minutes must be a positive number of minutes, got {minutes}")
 
 
+# What a search space's settings are when not given: --layers (cells), --nodes, --ops.
+SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
+    # the benchmark's supernet: 3 stages of 5 cells, 3 nodes after the input, its 5 ops
+    SPACE: {"layers": 15, "nodes": 3, "primitives": NB201_PRIMITIVES},
+}
+
+
+def check_nb201_settings(layers: int, nodes: int, primitives: tuple[str, ...]) -> None:
+    """The NAS-Bench-201 space's settings, checked before anything runs (one line naming the fix)."""
+    if nodes != 3:
+        raise ConfigError(f"the NAS-Bench-201 cell has 3 nodes after its input, not --nodes {nodes}: drop --nodes")
+    if layers % 3:
+        raise ConfigError(f"--layers {layers} is not a multiple of 3: the NAS-Bench-201 space has 3 stages of N "
+                          f"cells (the benchmark's: --layers 15, N=5)")
+    unknown = [op for op in primitives if op not in NB201_PRIMITIVES]
+    if unknown:
+        raise ConfigError(f"--ops {','.join(unknown)}: not NAS-Bench-201 ops; valid ops are: "
+                          f"{', '.join(NB201_PRIMITIVES)}")
+    if len(set(primitives)) != len(primitives) or not set(primitives) - {"none"}:
+        raise ConfigError(f"--ops {','.join(primitives)}: list each op once, and at least one op other than none")
+
+
 @dataclass(frozen=True)
 class SearchConfig(_Settings):
     KIND = "search"
@@ -76,12 +100,12 @@ class SearchConfig(_Settings):
     image_size: int | None = None
     train_portion: float = 0.5
     workers: int = 0
-    # search space
+    # search space; None: the space's own (SPACE_DEFAULTS)
     space: str = "darts"
     init_channels: int = 16
-    layers: int = 8
-    nodes: int = 4
-    primitives: tuple[str, ...] = PRIMITIVES
+    layers: int | None = None
+    nodes: int | None = None
+    primitives: tuple[str, ...] | None = None
     # optimisation
     method: str = "darts"  # darts_nas.methods.METHODS
     preset: str | None = None  # the published protocol the settings started from (presets/)
@@ -122,6 +146,9 @@ class SearchConfig(_Settings):
     recompute: bool = False  # recompute each cell's activations in the backward pass (less memory)
 
     def __post_init__(self) -> None:
+        for name, value in SPACE_DEFAULTS.get(self.space, SPACE_DEFAULTS["darts"]).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         object.__setattr__(self, "primitives", tuple(self.primitives))
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
         self.validate()
@@ -164,6 +191,11 @@ class SearchConfig(_Settings):
         if self.nesterov and self.unrolled:
             raise ConfigError("--unrolled takes its virtual step with plain momentum SGD, not Nesterov's: drop "
                               "--nesterov or --unrolled")
+        if self.space == SPACE:
+            check_nb201_settings(self.layers, self.nodes, self.primitives)
+            if self.recompute:
+                raise ConfigError("--recompute is for the darts space; the NAS-Bench-201 supernet keeps its "
+                                  "activations (it is small): drop --recompute")
 
 
 

@@ -307,6 +307,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                  + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
                  + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
         log.info(f"  genotype: {genotype}")
+        for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
+            log.info(f"  warning: {warning}")
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
 
     digest = ctx.check_replicas(model, genotype)

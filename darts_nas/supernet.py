@@ -47,7 +47,9 @@ class MixedOp(nn.Module):
     that its gradient comes out of their BatchNorm backward pass.
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], ops=None) -> None:
+        # ops: the space's op registry (name -> factory(C, stride, affine)); None: the DARTS ops,
+        # whose pooling ops get a BN in the supernet (another space's factories build the edge's ops as they are)
         super().__init__()
         self.stride = stride
         self.ops = nn.ModuleList()
@@ -55,8 +57,8 @@ class MixedOp(nn.Module):
         for k, name in enumerate(primitives):
             if name == "none":
                 continue
-            op = OPS[name](C, stride, False)
-            if is_pooling(name):
+            op = (OPS if ops is None else ops)[name](C, stride, False)
+            if ops is None and is_pooling(name):
                 op = PoolBN(op, C)
             self.ops.append(op)
             self.op_index.append(k)
@@ -225,6 +227,12 @@ class Supernet(nn.Module):
     @staticmethod
     def cell_types() -> tuple[str, ...]:
         return ("normal", "reduce")
+
+    def node_slices(self) -> list[slice]:
+        """The edges of each intermediate node, in edge order (node i, 0-based, has 2 + i)."""
+        from .methods.base import node_slices
+
+        return node_slices(num_edges(self.steps))
 
     def arch_groups(self) -> dict[str, nn.Parameter]:
         """The architecture parameters by name, in a fixed order."""
