@@ -348,9 +348,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("--cell", "--arch"), default=None,
                    help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
                         "cells/ (darts_v2, pdarts, ...; case-insensitive) or genotype text")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cifar",
-                   help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default); "
-                        "imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing 0.1")
+    p.add_argument("--space", choices=["darts", "nas-bench-201"], default="darts",
+                   help="the genotype's space: darts, or nas-bench-201 (--cell is an arch string "
+                        "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|, trained as the benchmark's 17-block network under "
+                        "--protocol nas-bench-201; its params and FLOPs are also given as the benchmark counts them)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default for --space "
+                        "darts); imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing "
+                        "0.1; nas-bench-201 (the default and only protocol for --space nas-bench-201): 15 cells, C=16, "
+                        "200 epochs, batch 256, SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, crop and flip")
     p.add_argument("--compare", action="append", default=[], metavar="CELL",
                    help="also train this cell under identical settings (in <out>/compare-<name>) and print "
                         "both results side by side; repeatable")
@@ -387,6 +393,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="final learning rate of the cosine schedule")
     g.add_argument(*_flag("--lr-decay", "--decay_rate"), type=float, default=None, help="per-epoch factor of the step schedule")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (on in the nas-bench-201 protocol, off in the others)")
     g.add_argument(*_flag("--weight-decay", "--weight_decay"), type=float, default=None, help="weight decay")
     g.add_argument(*_flag("--grad-clip", "--grad_clip"), type=float, default=None, help="gradient-norm clip (0 disables)")
     g.add_argument(*_flag("--cutout", "--cutout_length"), type=int, default=None,
@@ -417,14 +425,20 @@ def build_train_parser() -> argparse.ArgumentParser:
 def train_config_from_args(args: argparse.Namespace):
     from .config import TrainConfig
 
+    space = getattr(args, "space", "darts")
+    protocol = args.protocol or ("nas-bench-201" if space == "nas-bench-201" else "cifar")
+    if (space == "nas-bench-201") != (protocol == "nas-bench-201"):
+        raise ConfigError(f"--space {space} does not train under --protocol {protocol}: NAS-Bench-201 cells train "
+                          f"under --protocol nas-bench-201 (the default with --space nas-bench-201), DARTS cells "
+                          f"under cifar or imagenet")
     return TrainConfig.for_protocol(
-        args.protocol, cell=args.cell, compare=tuple(args.compare), dataset=args.dataset, data=args.data,
+        protocol, cell=args.cell, compare=tuple(args.compare), dataset=args.dataset, data=args.data,
         download=args.download, image_size=args.image_size, workers=args.workers, network=args.network,
         init_channels=args.init_channels, layers=args.layers, auxiliary=args.auxiliary,
         auxiliary_weight=args.auxiliary_weight, drop_path_prob=args.drop_path_prob, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
         learning_rate_min=args.learning_rate_min, lr_decay=args.lr_decay, momentum=args.momentum,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
+        nesterov=args.nesterov, weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,

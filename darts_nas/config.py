@@ -272,6 +272,14 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "lr_decay": 0.97, "momentum": 0.9, "weight_decay": 3e-5, "grad_clip": 5.0, "cutout": 0,
         "drop_path_prob": 0.0, "auxiliary": True, "auxiliary_weight": 0.4, "label_smoothing": 0.1,
     },
+    # The benchmark's "200-epoch" training (methods.md section 2.2): its 17-block tiny network
+    # (15 cells, C=16), SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, batch 256, crop and flip.
+    SPACE: {
+        "dataset": "cifar10", "network": SPACE, "layers": 15, "init_channels": 16, "epochs": 200,
+        "batch_size": 256, "learning_rate": 0.1, "lr_schedule": "cosine", "learning_rate_min": 0.0,
+        "lr_decay": 0.97, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 0.0,
+        "cutout": 0, "drop_path_prob": 0.0, "auxiliary": False, "auxiliary_weight": 0.4, "label_smoothing": 0.0,
+    },
 }
 LR_SCHEDULES = ("cosine", "step")
 
@@ -305,6 +313,7 @@ class TrainConfig(_Settings):
     learning_rate_min: float = 0.0
     lr_decay: float = 0.97
     momentum: float = 0.9
+    nesterov: bool = False  # (added with the nas-bench-201 protocol; ADDED_SEARCH_SETTINGS keeps older runs resumable)
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     cutout: int | None = None  # None: half the image side (16 at 32x32, as in the paper)
@@ -371,4 +380,16 @@ class TrainConfig(_Settings):
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov needs a positive --momentum")
+        if (self.network == SPACE) != (self.protocol == SPACE):
+            raise ConfigError("the NAS-Bench-201 network trains under --protocol nas-bench-201 and only it: use "
+                              "--space nas-bench-201 (which implies it), or leave out --network nas-bench-201")
+        if self.network == SPACE:
+            if self.layers % 3:
+                raise ConfigError(f"--layers {self.layers} is not a multiple of 3: the NAS-Bench-201 network has 3 "
+                                  f"stages of N cells (the benchmark's: --layers 15)")
+            if self.auxiliary or self.drop_path_prob > 0:
+                raise ConfigError("the NAS-Bench-201 network has no auxiliary head and no drop-path: drop "
+                                  "--auxiliary and --drop-path-prob")
 

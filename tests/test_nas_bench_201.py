@@ -222,3 +222,143 @@ def test_pc_darts_refuses_a_k_that_does_not_divide_the_channels(tmp_path, capsys
 def test_an_unknown_space_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid search spaces are: darts, nas-bench-201"):
         SEARCH_SPACES.get("nb201")
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark's network: its sizes equal the records'
+# ---------------------------------------------------------------------------------------------
+
+# (dataset setting in the records, classes, image side)
+RECORD_SETTINGS = [("cifar10", 10, 32), ("cifar100", 100, 32), ("ImageNet16-120", 120, 16)]
+
+
+@pytest.mark.parametrize("index", sorted(SAMPLE_ARCHS))
+def test_the_tiny_network_has_the_records_params_and_flops(index):
+    from darts_nas.bench import load_pickle
+    from darts_nas.spaces.nas_bench_201 import TinyNetwork
+
+    record = load_pickle(sample_dir() / f"{index:06d}.pickle.pbz2")["200"]
+    assert record["arch_str"] == SAMPLE_ARCHS[index]
+    for dataset, classes, side in RECORD_SETTINGS:
+        run = record["all_results"][(dataset, record["dataset_seed"][dataset][0])]
+        assert run["arch_config"]["class_num"] == classes
+        model = TinyNetwork(parse_arch(record["arch_str"]), C=run["arch_config"]["channel"],
+                            N=run["arch_config"]["num_cells"], num_classes=classes)
+        sizes = model.benchmark_sizes((1, 3, side, side))
+        assert sizes["params"] == pytest.approx(float(run["params"]), abs=1e-12), dataset
+        assert sizes["flop"] == pytest.approx(float(run["flop"]), abs=1e-9), dataset
+    assert len(model.cells) == 17
+
+
+def test_train_final_reports_the_benchmarks_sizes_with_epochs_0(tmp_path):
+    from darts_nas.cli import train_main
+
+    out = tmp_path / "train"
+    assert train_main(["--space", "nas-bench-201", "--cell", SAMPLE_ARCHS[11], "--epochs", "0", "--out", str(out),
+                       "--no-tensorboard", "--quiet", "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["sizes"]["benchmark"] == {"params": pytest.approx(0.802426, abs=1e-12),
+                                            "flop": pytest.approx(113.95137, abs=1e-9)}
+    assert config["sizes"]["params"] == 802426
+    settings = config["config"]
+    assert (settings["protocol"], settings["network"], settings["layers"], settings["init_channels"]) == \
+        ("nas-bench-201", "nas-bench-201", 15, 16)
+    assert (settings["epochs"], settings["batch_size"], settings["learning_rate"], settings["nesterov"],
+            settings["weight_decay"], settings["cutout"], settings["auxiliary"]) == (0, 256, 0.1, True, 5e-4, 0, False)
+    assert json.loads((out / "genotype.json").read_text())["arch"] == SAMPLE_ARCHS[11]
+    assert "params 0.802426 MB, FLOPs 113.95137 M" in (out / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--protocol", "cifar"], "--space nas-bench-201 does not train under --protocol cifar"),
+    (["--auxiliary"], "no auxiliary head and no drop-path"),
+    (["--layers", "4"], "--layers 4 is not a multiple of 3"),
+    (["--cell", "|nor_conv_3x3~0|+|nor_conv_3x3~0|+|none~0|none~1|none~2|"], "node 2 of arch string"),
+])
+def test_bad_nas_bench_201_training_settings_get_one_line(tmp_path, capsys, args, message):
+    from darts_nas.cli import train_main
+
+    argv = ["--space", "nas-bench-201", "--cell", SAMPLE_ARCHS[0], "--epochs", "0", "--quiet",
+            "--out", str(tmp_path / "t"), *args]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark data, read safely
+# ---------------------------------------------------------------------------------------------
+
+# The published numbers of the three sample records (benchmark-data.md B1; 200 epochs, mean of 3 seeds).
+GOLDEN = {
+    (0, "cifar10"): (81.98, 85.86), (0, "cifar100"): (52.70, 52.91), (0, "ImageNet16-120"): (28.21, 26.63),
+    (11, "cifar10"): (87.94, 91.58), (11, "cifar100"): (67.45, 67.61), (11, "ImageNet16-120"): (30.41, 30.17),
+    (284, "cifar10"): (86.05, 88.79), (284, "cifar100"): (61.68, 62.14), (284, "ImageNet16-120"): (33.40, 32.47),
+}
+
+
+def test_darts_bench_query_reports_the_sample_records(capsys):
+    from darts_nas.bench import main, open_benchmark
+
+    bench = open_benchmark(sample_dir())
+    assert len(bench.archs) == 15625
+    for (index, dataset), (valid, test) in GOLDEN.items():
+        result = bench.query(SAMPLE_ARCHS[index], dataset)
+        assert result["index"] == index and result["seeds"] == [777, 888, 999]
+        assert round(result["valid_acc"], 2) == valid and round(result["test_acc"], 2) == test
+    assert main(["query", str(sample_dir()), SAMPLE_ARCHS[11], "--dataset", "cifar10"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["params"] == pytest.approx(0.802426) and printed["flop"] == pytest.approx(113.95137)
+    assert printed["arch"] == SAMPLE_ARCHS[11] and printed["dataset"] == "cifar10"
+
+
+def test_bad_queries_get_one_line(capsys, tmp_path):
+    from darts_nas.bench import main
+
+    sample = str(sample_dir())
+    all_skip = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    cases = [
+        ([sample, SAMPLE_ARCHS[0], "--dataset", "svhn"], "holds no dataset 'svhn'"),
+        ([sample, all_skip], "has no record of architecture 1835"),  # in the meta list, not in the sample
+        ([sample, "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "unknown NAS-Bench-201 op"),
+        ([str(tmp_path), SAMPLE_ARCHS[0]], "holds no meta.pickle.pbz2"),
+        ([str(tmp_path / "nothing"), SAMPLE_ARCHS[0]], "is not a benchmark directory"),
+    ]
+    for args, message in cases:
+        assert main(["query", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0, err
+
+
+class _Payload:
+    """Unpickling this calls ``os.system`` (what a malicious benchmark file would do)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_a_malicious_benchmark_file_cannot_run_code(tmp_path, capsys):
+    import bz2
+    import pickle
+
+    from darts_nas.bench import main
+
+    proof = tmp_path / "pwned"
+    directory = tmp_path / "bench"
+    directory.mkdir()
+    with bz2.open(directory / "meta.pickle.pbz2", "wb") as f:
+        pickle.dump({"meta_archs": [SAMPLE_ARCHS[0]], "evil": _Payload(f"touch {proof}")}, f)
+    assert main(["query", str(directory), SAMPLE_ARCHS[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "asks to load posix.system" in err or "asks to load os.system" in err
+    assert "refused without running it" in err and err.count("\n") == 0
+    assert not proof.exists()
+    # a truncated file: one line too
+    good = bz2.compress(pickle.dumps({"meta_archs": list(SAMPLE_ARCHS.values()) * 100}))
+    (directory / "meta.pickle.pbz2").write_bytes(good[: len(good) // 2])
+    assert main(["query", str(directory), SAMPLE_ARCHS[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a readable benchmark file" in err and err.count("\n") == 0

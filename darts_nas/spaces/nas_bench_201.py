@@ -254,12 +254,19 @@ class TinyNetwork(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # (B, in_channels, H, W) -> (logits (B, num_classes), None): the final networks' contract
+        # (no auxiliary head here)
         h = self.stem(x)
         for cell in self.cells:
             h = cell(h)
         h = self.global_pooling(self.lastact(h)).flatten(1)
-        return self.classifier(h)
+        return self.classifier(h), None
+
+    def benchmark_sizes(self, shape: tuple[int, ...]) -> dict[str, float]:
+        """``{"params": MB, "flop": M}`` as the benchmark's records hold them, for one input of
+        ``shape``: every parameter / 1e6, :func:`benchmark_flops` / 1e6."""
+        return {"params": benchmark_params(self) / 1e6, "flop": benchmark_flops(self, shape) / 1e6}
 
 
 def benchmark_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
