@@ -85,16 +85,21 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
 
     g = p.add_argument_group("search space")
-    g.add_argument("--space", default=d.space, help="search space (registered: darts)")
+    g.add_argument("--space", default=d.space,
+                   help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
+                        "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
                    help="channels of the first cell (C)")
-    g.add_argument("--layers", type=int, default=d.layers,
-                   help="number of cells; reductions at layers//3 and 2*layers//3 (below 3 every cell reduces "
-                        "and the normal cell is not searched)")
-    g.add_argument(*_flag("--nodes", "--steps"), type=int, default=d.nodes, help="intermediate nodes per cell")
-    g.add_argument("--ops", default=",".join(d.primitives),
-                   help=f"comma-separated candidate ops of every edge, in alpha column order; available: "
-                        f"{', '.join(BUILTIN_OPS)} (default: the DARTS paper's eight, {','.join(d.primitives)})")
+    g.add_argument("--layers", type=int, default=None,
+                   help="number of cells (default: 8 for darts, 15 for nas-bench-201); darts: reductions at "
+                        "layers//3 and 2*layers//3 (below 3 every cell reduces and the normal cell is not "
+                        "searched); nas-bench-201: a multiple of 3, three stages of layers/3 cells")
+    g.add_argument(*_flag("--nodes", "--steps"), type=int, default=None,
+                   help="intermediate nodes per cell (default: 4 for darts; nas-bench-201 cells have 3)")
+    g.add_argument("--ops", default=None,
+                   help="comma-separated candidate ops of every edge, in alpha column order (default: the "
+                        "space's: " + ",".join(d.primitives) + " for darts; none,skip_connect,nor_conv_1x1,"
+                        "nor_conv_3x3,avg_pool_3x3 for nas-bench-201); available for darts: " + ", ".join(BUILTIN_OPS))
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--method", default=d.method,
@@ -199,7 +204,7 @@ def _add_resume_flags(g, script: str) -> None:
 def search_config_from_args(args: argparse.Namespace, given: set[str] | None = None) -> SearchConfig:
     """The settings of the flags; with ``--preset``, the preset's settings replace those of the
     flags not ``given`` on the command line (all of them when ``given`` is None)."""
-    ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
+    ops = None if args.ops is None else tuple(op.strip() for op in args.ops.split(",") if op.strip())
     settings = dict(
         dataset=args.dataset, data=args.data, download=args.download, image_size=args.image_size,
         train_portion=args.train_portion, workers=args.workers, space=args.space,
@@ -481,9 +486,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("--cell", "--arch"), default=None,
                    help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
                         "cells/ (darts_v2, pdarts, ...; any case, - or _) or genotype text")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cifar",
-                   help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default); "
-                        "imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing 0.1")
+    p.add_argument("--space", choices=["darts", "nas-bench-201"], default="darts",
+                   help="the genotype's space: darts, or nas-bench-201 (--cell is an arch string "
+                        "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|, trained as the benchmark's 17-block network under "
+                        "--protocol nas-bench-201; its params and FLOPs are also given as the benchmark counts them)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default for --space "
+                        "darts); imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing "
+                        "0.1; nas-bench-201 (the default and only protocol for --space nas-bench-201): 15 cells, C=16, "
+                        "200 epochs, batch 256, SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, crop and flip")
     p.add_argument("--compare", action="append", default=[], metavar="CELL",
                    help="also train this cell under identical settings (in <out>/compare-<name>) and print "
                         "both results side by side; repeatable")
@@ -520,6 +531,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="final learning rate of the cosine schedule")
     g.add_argument(*_flag("--lr-decay", "--decay_rate"), type=float, default=None, help="per-epoch factor of the step schedule")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (on in the nas-bench-201 protocol, off in the others)")
     g.add_argument(*_flag("--weight-decay", "--weight_decay"), type=float, default=None, help="weight decay")
     g.add_argument(*_flag("--grad-clip", "--grad_clip"), type=float, default=None, help="gradient-norm clip (0 disables)")
     g.add_argument(*_flag("--cutout", "--cutout_length"), type=int, default=None,
@@ -568,14 +581,20 @@ def _show_protocol_values(parser: argparse.ArgumentParser, protocols: dict[str, 
 def train_config_from_args(args: argparse.Namespace):
     from .config import TrainConfig
 
+    space = getattr(args, "space", "darts")
+    protocol = args.protocol or ("nas-bench-201" if space == "nas-bench-201" else "cifar")
+    if (space == "nas-bench-201") != (protocol == "nas-bench-201"):
+        raise ConfigError(f"--space {space} does not train under --protocol {protocol}: NAS-Bench-201 cells train "
+                          f"under --protocol nas-bench-201 (the default with --space nas-bench-201), DARTS cells "
+                          f"under cifar or imagenet")
     return TrainConfig.for_protocol(
-        args.protocol, cell=args.cell, compare=tuple(args.compare), dataset=args.dataset, data=args.data,
+        protocol, cell=args.cell, compare=tuple(args.compare), dataset=args.dataset, data=args.data,
         download=args.download, image_size=args.image_size, workers=args.workers, network=args.network,
         init_channels=args.init_channels, layers=args.layers, auxiliary=args.auxiliary,
         auxiliary_weight=args.auxiliary_weight, drop_path_prob=args.drop_path_prob, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
         learning_rate_min=args.learning_rate_min, lr_decay=args.lr_decay, momentum=args.momentum,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
+        nesterov=args.nesterov, weight_decay=args.weight_decay, grad_clip=args.grad_clip, cutout=args.cutout,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,

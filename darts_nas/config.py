@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .arch_string import NB201_PRIMITIVES, SPACE
 from .errors import ConfigError
 from .primitives import PRIMITIVES  # not .genotype: the parsers' --help must not import torch
 
@@ -88,6 +89,29 @@ def _check_checkpoint_intervals(settings) -> None:
         raise ConfigError(f"--checkpoint-minutes must be a positive number of minutes, got {minutes}")
 
 
+# What a search space's settings are when not given: --layers (cells), --nodes, --ops.
+SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
+    # the benchmark's supernet: 3 stages of 5 cells, 3 nodes after the input, its 5 ops
+    SPACE: {"layers": 15, "nodes": 3, "primitives": NB201_PRIMITIVES},
+}
+
+
+def check_nb201_settings(layers: int, nodes: int, primitives: tuple[str, ...]) -> None:
+    """The NAS-Bench-201 space's settings, checked before anything runs (one line naming the fix)."""
+    if nodes != 3:
+        raise ConfigError(f"the NAS-Bench-201 cell has 3 nodes after its input, not --nodes {nodes}: drop --nodes")
+    if layers % 3:
+        raise ConfigError(f"--layers {layers} is not a multiple of 3: the NAS-Bench-201 space has 3 stages of N "
+                          f"cells (the benchmark's: --layers 15, N=5)")
+    unknown = [op for op in primitives if op not in NB201_PRIMITIVES]
+    if unknown:
+        raise ConfigError(f"--ops {','.join(unknown)}: not NAS-Bench-201 ops; valid ops are: "
+                          f"{', '.join(NB201_PRIMITIVES)}")
+    if len(set(primitives)) != len(primitives) or not set(primitives) - {"none"}:
+        raise ConfigError(f"--ops {','.join(primitives)}: list each op once, and at least one op other than none")
+
+
 @dataclass(frozen=True)
 class SearchConfig(_Settings):
     KIND = "search"
@@ -98,12 +122,12 @@ class SearchConfig(_Settings):
     image_size: int | None = None
     train_portion: float = 0.5
     workers: int = 0
-    # search space
+    # search space; None: the space's own (SPACE_DEFAULTS)
     space: str = "darts"
     init_channels: int = 16
-    layers: int = 8
-    nodes: int = 4
-    primitives: tuple[str, ...] = PRIMITIVES
+    layers: int | None = None
+    nodes: int | None = None
+    primitives: tuple[str, ...] | None = None
     # optimisation
     method: str = "darts"  # darts_nas.methods.METHODS
     preset: str | None = None  # the published protocol the settings started from (presets/)
@@ -152,6 +176,9 @@ class SearchConfig(_Settings):
     recompute: bool = False  # recompute each cell's activations in the backward pass (less memory)
 
     def __post_init__(self) -> None:
+        for name, value in SPACE_DEFAULTS.get(self.space, SPACE_DEFAULTS["darts"]).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         object.__setattr__(self, "primitives", tuple(self.primitives))
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
         self.validate()
@@ -194,6 +221,11 @@ class SearchConfig(_Settings):
         if self.nesterov and self.unrolled:
             raise ConfigError("--unrolled takes its virtual step with plain momentum SGD, not Nesterov's: drop "
                               "--nesterov or --unrolled")
+        if self.space == SPACE:
+            check_nb201_settings(self.layers, self.nodes, self.primitives)
+            if self.recompute:
+                raise ConfigError("--recompute is for the darts space; the NAS-Bench-201 supernet keeps its "
+                                  "activations (it is small): drop --recompute")
 
 
 
@@ -272,6 +304,14 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "lr_decay": 0.97, "momentum": 0.9, "weight_decay": 3e-5, "grad_clip": 5.0, "cutout": 0,
         "drop_path_prob": 0.0, "auxiliary": True, "auxiliary_weight": 0.4, "label_smoothing": 0.1,
     },
+    # The benchmark's "200-epoch" training (methods.md section 2.2): its 17-block tiny network
+    # (15 cells, C=16), SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, batch 256, crop and flip.
+    SPACE: {
+        "dataset": "cifar10", "network": SPACE, "layers": 15, "init_channels": 16, "epochs": 200,
+        "batch_size": 256, "learning_rate": 0.1, "lr_schedule": "cosine", "learning_rate_min": 0.0,
+        "lr_decay": 0.97, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 0.0,
+        "cutout": 0, "drop_path_prob": 0.0, "auxiliary": False, "auxiliary_weight": 0.4, "label_smoothing": 0.0,
+    },
 }
 LR_SCHEDULES = ("cosine", "step")
 
@@ -305,6 +345,7 @@ class TrainConfig(_Settings):
     learning_rate_min: float = 0.0
     lr_decay: float = 0.97
     momentum: float = 0.9
+    nesterov: bool = False  # (added with the nas-bench-201 protocol; ADDED_SEARCH_SETTINGS keeps older runs resumable)
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     cutout: int | None = None  # None: half the image side (16 at 32x32, as in the paper)
@@ -371,4 +412,16 @@ class TrainConfig(_Settings):
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov needs a positive --momentum")
+        if (self.network == SPACE) != (self.protocol == SPACE):
+            raise ConfigError("the NAS-Bench-201 network trains under --protocol nas-bench-201 and only it: use "
+                              "--space nas-bench-201 (which implies it), or leave out --network nas-bench-201")
+        if self.network == SPACE:
+            if self.layers % 3:
+                raise ConfigError(f"--layers {self.layers} is not a multiple of 3: the NAS-Bench-201 network has 3 "
+                                  f"stages of N cells (the benchmark's: --layers 15)")
+            if self.auxiliary or self.drop_path_prob > 0:
+                raise ConfigError("the NAS-Bench-201 network has no auxiliary head and no drop-path: drop "
+                                  "--auxiliary and --drop-path-prob")
 

@@ -67,6 +67,10 @@ class RunFileError(RunDirError, OSError):
         return getattr(self, "message", None) or super().__str__()
 
 
+class BenchmarkError(DartsNasError):
+    """A benchmark file that cannot be read safely, or a query it cannot answer."""
+
+
 class RunStopped(DartsNasError):
     """A run stopped on a signal (SIGINT or SIGTERM) after writing a checkpoint to resume from.
 

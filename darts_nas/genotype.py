@@ -195,6 +195,11 @@ class Genotype:
         """Number of intermediate nodes of the reduction cell."""
         return len(self.reduce) // 2
 
+    def warnings(self) -> tuple[str, ...]:
+        """Problems of the cell a person should see in the search log: none for a DARTS cell
+        (every node has two inputs and feeds the output); see the NAS-Bench-201 genotype."""
+        return ()
+
     # -- dict / JSON -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, list]:

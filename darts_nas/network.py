@@ -428,11 +428,22 @@ def build_cifar_network(genotype: Genotype, C: int, layers: int, num_classes: in
     return NetworkCIFAR(C, num_classes, layers, auxiliary, genotype, in_channels=in_channels)
 
 
+def build_nb201_network(genotype, C: int, layers: int, num_classes: int, auxiliary: bool = False,
+                        in_channels: int = 3, **_: object):
+    """NAS-Bench-201's tiny network of ``layers`` cells (3 stages; the benchmark's: 15 cells, C=16)."""
+    from .spaces.nas_bench_201 import TinyNetwork
+
+    return TinyNetwork(genotype, C=C, N=layers // 3, num_classes=num_classes, in_channels=in_channels)
+
+
 @NETWORKS.register("imagenet")
 def build_imagenet_network(genotype: Genotype, C: int, layers: int, num_classes: int,
                            auxiliary: bool = False, in_channels: int = 3,
                            **_: object) -> NetworkImageNet:
     return NetworkImageNet(C, num_classes, layers, auxiliary, genotype, in_channels=in_channels)
+
+
+NETWORKS.register("nas-bench-201", build_nb201_network)
 
 
 def build_network(kind: str, genotype: Genotype | str, C: int, layers: int, num_classes: int,

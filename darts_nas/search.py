@@ -91,9 +91,10 @@ def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) ->
 def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed) -> dict[str, Any]:
     device = ctx.device
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
-    SEARCH_SPACES.get(config.space)
+    space = SEARCH_SPACES.get(config.space)
     METHODS.get(config.method).check(config)
-    check_primitives(config.primitives)  # before anything is written (an unknown op leaves no run directory)
+    # before anything is written (an unknown op leaves no run directory)
+    check_primitives(config.primitives, getattr(space, "ops", None))
     check_distributed_settings(config, ctx)
     config = ctx.resume_instead_of_overwrite(config)
 
@@ -314,6 +315,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                  + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
                  + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
         log.info(f"  genotype: {genotype}")
+        for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
+            log.info(f"  warning: {warning}")
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
 
     digest = ctx.check_replicas(model, genotype)

@@ -47,7 +47,9 @@ class MixedOp(nn.Module):
     that its gradient comes out of their BatchNorm backward pass.
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str]) -> None:
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], ops=None) -> None:
+        # ops: the space's op registry (name -> factory(C, stride, affine)); None: the DARTS ops,
+        # whose pooling ops get a BN in the supernet (another space's factories build the edge's ops as they are)
         super().__init__()
         self.stride = stride
         self.ops = nn.ModuleList()
@@ -55,8 +57,8 @@ class MixedOp(nn.Module):
         for k, name in enumerate(primitives):
             if name == "none":
                 continue
-            op = OPS[name](C, stride, False)
-            if is_pooling(name):
+            op = (OPS if ops is None else ops)[name](C, stride, False)
+            if ops is None and is_pooling(name):
                 op = PoolBN(op, C)
             self.ops.append(op)
             self.op_index.append(k)
@@ -226,6 +228,12 @@ class Supernet(nn.Module):
     def cell_types() -> tuple[str, ...]:
         return ("normal", "reduce")
 
+    def node_slices(self) -> list[slice]:
+        """The edges of each intermediate node, in edge order (node i, 0-based, has 2 + i)."""
+        from .methods.base import node_slices
+
+        return node_slices(num_edges(self.steps))
+
     def arch_groups(self) -> dict[str, nn.Parameter]:
         """The architecture parameters by name, in a fixed order."""
         return {name: getattr(self, name) for name in self._arch_names}
@@ -297,10 +305,11 @@ def _running_stats_frozen(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def check_primitives(primitives: Sequence[str]) -> None:
-    """Refuses unknown, repeated or only-"none" candidate ops (a ConfigError naming the valid ones)."""
+def check_primitives(primitives: Sequence[str], ops=None) -> None:
+    """Refuses unknown, repeated or only-"none" candidate ops (a ConfigError naming the valid ones of
+    ``ops``, the space's op registry; None: the DARTS ops)."""
     for name in primitives:
-        OPS.get(name)  # unknown op -> ConfigError listing the valid ones
+        (OPS if ops is None else ops).get(name)  # unknown op -> ConfigError listing the valid ones
     seen = set()
     for name in primitives:
         if name in seen:

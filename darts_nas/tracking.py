@@ -101,7 +101,19 @@ def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> l
 # ---------------------------------------------------------------------------------------------
 
 CELL_TYPES = ("normal", "reduce")
-CELL_DIAGRAM_FILES = tuple(f"cell_{cell}.{ext}" for cell in CELL_TYPES for ext in ("dot", "png", "svg"))
+# cell_cell.*: the one cell of the NAS-Bench-201 space (darts_nas.arch_string.ArchGenotype)
+CELL_DIAGRAM_FILES = tuple(f"cell_{cell}.{ext}" for cell in (*CELL_TYPES, "cell") for ext in ("dot", "png", "svg"))
+
+
+def _draws_itself(genotype: Any) -> bool:
+    """A genotype of another space (NAS-Bench-201's) brings its own heatmap marks, Markdown and
+    diagrams (``kept``, ``markdown``, ``dots``); a DARTS :class:`Genotype` is drawn here."""
+    return not isinstance(genotype, Genotype) and hasattr(genotype, "dots")
+
+
+def cell_dots(genotype: Any) -> dict[str, str]:
+    """``{cell type: DOT source}`` of any space's genotype."""
+    return genotype.dots() if _draws_itself(genotype) else genotype_dots(genotype)
 EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
@@ -139,6 +151,13 @@ def alpha_heatmap(cell: str, alphas: Any, primitives: Sequence[str], genotype: G
     the candidate ops, values softmax(alphas); the (edge, op) pairs that ``genotype`` keeps are
     marked."""
     probs = alpha_probabilities(alphas)
+    if _draws_itself(genotype):
+        from .arch_string import edge_name
+
+        title = f"{cell}: softmax(alpha)" + (f", epoch {epoch}" if epoch is not None else "")
+        return Heatmap(values=probs, rows=tuple(edge_name(k) for k in range(len(probs))), columns=tuple(primitives),
+                       marked=frozenset(genotype.kept(primitives)), title=title, breaks=(1, 3),
+                       note="boxed: the op each edge keeps (none included)")
     steps = getattr(genotype, f"{cell}_steps")
     if probs.shape != (len(edge_names(steps)), len(primitives)):
         raise ValueError(f"alphas of shape {tuple(probs.shape)} do not match a {steps}-node cell "
@@ -155,6 +174,8 @@ def genotype_markdown(genotype: Genotype) -> str:
     """One Markdown table per cell type (node, inputs, ops; nodes named as in the diagrams) and
     the canonical ``str(genotype)`` in a code block, which :func:`darts_nas.genotype.parse`
     reads back."""
+    if _draws_itself(genotype):
+        return genotype.markdown() + "\n"
     parts = []
     for cell in CELL_TYPES:
         pairs = getattr(genotype, cell)
@@ -223,7 +244,7 @@ class CellDiagrams:
         written: list[Path] = []
         if not is_main_process():
             return written
-        for cell, source in genotype_dots(genotype).items():
+        for cell, source in cell_dots(genotype).items():
             target = directory / f"cell_{cell}.dot"
             atomic_write_text(target, source)
             written.append(target)
@@ -296,7 +317,7 @@ class _Board:
         self.writer.file_writer.add_summary(_image_summary(tag, png), step)
 
     def _cell_images(self, genotype: Genotype, step: int) -> None:
-        for cell, source in genotype_dots(genotype).items():
+        for cell, source in cell_dots(genotype).items():
             png = self.diagrams.render(source, "png")
             if png is not None:
                 self._png(f"cell/{cell}", png, step)
@@ -364,7 +385,7 @@ class SearchBoard(_Board):
             self.writer.add_scalar(f"method/{name}", value, epoch)
         for name, values in (views or {}).items():
             self._edge_group(name, values, genotype, epoch)
-        for cell in CELL_TYPES:
+        for cell in alphas:  # the supernet's cell types
             raw = torch.as_tensor(alphas[cell]).detach().float().cpu()
             probs = alpha_probabilities(raw)
             entropy, free = alpha_entropy(probs), parameter_free_weight(probs, primitives)

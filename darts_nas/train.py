@@ -30,6 +30,7 @@ from .engine import EpochProgress, NonFiniteLossError, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
+from .arch_string import SPACE, resolve_arch
 from .genotype import Genotype, resolve
 from .network import (NETWORKS, check_image_size, check_stem_fits_in_memory, count_auxiliary_parameters,
                       count_multiply_adds, count_parameters)
@@ -54,14 +55,25 @@ RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "
              *CELL_DIAGRAM_FILES)
 
 
+def resolve_cell(network: str, spec: str):
+    """``--cell``/``--compare`` as the network's space reads them: a NAS-Bench-201 arch string
+    (or its genotype file or search run) for the benchmark's network, a DARTS genotype otherwise."""
+    if network == SPACE:
+        return resolve_arch(spec)
+    return resolve(spec)
+
+
 def network_sizes(model: torch.nn.Module, info: DatasetInfo) -> dict[str, int]:
-    """Parameters (auxiliary head excluded and separately) and multiply-adds of one image."""
+    """Parameters (auxiliary head excluded and separately) and multiply-adds of one image; for a
+    network with benchmark records (NAS-Bench-201's), also its sizes as the records count them."""
+    shape = (1, info.in_channels, info.image_size, info.image_size)
     return {
         "params": count_parameters(model),
         "params_auxiliary": count_auxiliary_parameters(model),
         "params_with_auxiliary": count_parameters(model, exclude_auxiliary=False),
-        "multiply_adds": count_multiply_adds(model, (1, info.in_channels, info.image_size, info.image_size)),
+        "multiply_adds": count_multiply_adds(model, shape),
         "input_size": [info.in_channels, info.image_size, info.image_size],
+        **({"benchmark": model.benchmark_sizes(shape)} if hasattr(model, "benchmark_sizes") else {}),
     }
 
 
@@ -101,9 +113,9 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
     check_distributed_settings(config, ctx)
     check_batch_for_the_auxiliary_head(config, ctx.world_size)
     config = ctx.resume_instead_of_overwrite(config)
-    genotype = resolve(config.cell)
+    genotype = resolve_cell(config.network, config.cell)
     NETWORKS.get(config.network)
-    compare = [(spec, resolve(spec)) for spec in config.compare]
+    compare = [(spec, resolve_cell(config.network, spec)) for spec in config.compare]
     if config.epochs == 0:
         data, info = None, _info_without_training(config)
         config = config.replace(cutout=resolved_cutout(config, info))
@@ -335,6 +347,9 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
     if config.epochs > 0:
         for line in train_legend(out, config.tensorboard, _augmentation(config, info)):
             log.info(line)
+    if "benchmark" in sizes:
+        log.info(f"as the benchmark's records count them: params {sizes['benchmark']['params']} MB, "
+                 f"FLOPs {sizes['benchmark']['flop']} M")
 
     start = time.perf_counter()
     final = {"loss": float("nan"), "acc": float("nan")}
@@ -349,7 +364,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
                      f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
         optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+                                    weight_decay=config.weight_decay, nesterov=config.nesterov)
         if config.lr_schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
                                                                    eta_min=config.learning_rate_min)

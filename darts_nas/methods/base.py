@@ -91,11 +91,12 @@ class Method:
                               f"(or use --method darts or pc-darts for the unrolled hypergradient)")
 
     # -- the supernet ------------------------------------------------------------------------------
-    def make_edge(self, C: int, stride: int, primitives) -> nn.Module:
-        """One edge of a search cell with ``C`` channels in and out."""
+    def make_edge(self, C: int, stride: int, primitives, ops=None) -> nn.Module:
+        """One edge of a search cell with ``C`` channels in and out; ``ops`` is the space's op
+        registry (None: the DARTS ops)."""
         from ..supernet import MixedOp
 
-        return MixedOp(C, stride, primitives)
+        return MixedOp(C, stride, primitives, ops)
 
     def extra_arch_parameters(self, cell_types: tuple[str, ...], num_edges: int) -> dict[str, tuple[int, ...]]:
         """Shapes of architecture parameters beyond ``alphas_<cell type>``, by name; the space

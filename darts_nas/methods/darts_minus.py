@@ -32,9 +32,9 @@ SCHEDULES = ("linear", "cosine")
 class AuxiliarySkipEdge(nn.Module):
     """A DARTS edge plus ``beta_t * skip(x)``, ``beta_t`` read from the method at each pass."""
 
-    def __init__(self, C: int, stride: int, primitives, method: "DartsMinus") -> None:
+    def __init__(self, C: int, stride: int, primitives, method: "DartsMinus", ops=None) -> None:
         super().__init__()
-        self.mixed = MixedOp(C, stride, primitives)
+        self.mixed = MixedOp(C, stride, primitives, ops)
         self.skip = nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine=False)
         self._method = [method]  # a list: the method is not a submodule
 
@@ -74,8 +74,8 @@ class DartsMinus(Method):
             raise ConfigError(f"--skip-beta-schedule must be one of {', '.join(SCHEDULES)}, "
                               f"got {config.skip_beta_schedule!r}")
 
-    def make_edge(self, C: int, stride: int, primitives) -> nn.Module:
-        return AuxiliarySkipEdge(C, stride, primitives, self)
+    def make_edge(self, C: int, stride: int, primitives, ops=None) -> nn.Module:
+        return AuxiliarySkipEdge(C, stride, primitives, self, ops)
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.skip_beta = skip_beta(self.schedule, self.beta0, epoch, epochs)

@@ -53,11 +53,11 @@ class PartialChannelEdge(nn.Module):
     ``bypass_scale`` the beta weight for the bypassed channels. With K = 1 the edge is exactly a
     DARTS :class:`~darts_nas.supernet.MixedOp`."""
 
-    def __init__(self, C: int, stride: int, primitives, k: int) -> None:
+    def __init__(self, C: int, stride: int, primitives, k: int, ops=None) -> None:
         super().__init__()
         self.k = k
         self.stride = stride
-        self.mixed = MixedOp(C // k, stride, primitives)
+        self.mixed = MixedOp(C // k, stride, primitives, ops)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active: int | None = None,
                 bypass_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,9 +76,11 @@ class PartialChannelEdge(nn.Module):
         return channel_shuffle(torch.cat([y, rest], dim=1), self.k)
 
 
-def normalised_betas(betas: torch.Tensor) -> torch.Tensor:
-    """(num_edges,) betas -> softmax over each node's incoming edges, concatenated in edge order."""
-    return torch.cat([F.softmax(betas[s], dim=-1) for s in node_slices(betas.shape[0])])
+def normalised_betas(betas: torch.Tensor, slices: list[slice] | None = None) -> torch.Tensor:
+    """(num_edges,) betas -> softmax over each node's incoming edges (``slices``, the space's;
+    None: the DARTS cell's), concatenated in edge order."""
+    slices = node_slices(betas.shape[0]) if slices is None else slices
+    return torch.cat([F.softmax(betas[s], dim=-1) for s in slices])
 
 
 @METHODS.register("pc-darts")
@@ -104,12 +106,12 @@ class PCDarts(Method):
             raise ConfigError(f"--partial-channels {k} does not divide the {c} channels of the first cells "
                               f"(--init-channels): choose one of {divisors}")
 
-    def make_edge(self, C: int, stride: int, primitives) -> nn.Module:
+    def make_edge(self, C: int, stride: int, primitives, ops=None) -> nn.Module:
         # The cells' channels are C, 2C and 4C: K divides them all when it divides C (checked above).
         if C % self.k:
             raise ConfigError(f"--partial-channels {self.k} does not divide the {C} channels of a cell: choose a "
                               f"divisor of --init-channels")
-        return PartialChannelEdge(C, stride, primitives, self.k)
+        return PartialChannelEdge(C, stride, primitives, self.k, ops)
 
     def extra_arch_parameters(self, cell_types: tuple[str, ...], num_edges: int) -> dict[str, tuple[int, ...]]:
         if not self.edge_normalization:
@@ -120,15 +122,16 @@ class PCDarts(Method):
         weights = F.softmax(model.arch_group(f"alphas_{cell_type}"), dim=-1)
         if not self.edge_normalization:
             return EdgePlan(weights)
-        return EdgePlan(weights, edge_weights=normalised_betas(model.arch_group(f"betas_{cell_type}")))
+        return EdgePlan(weights, edge_weights=normalised_betas(model.arch_group(f"betas_{cell_type}"),
+                                                               model.node_slices()))
 
     def edge_scale(self, model: nn.Module, cell_type: str) -> torch.Tensor | None:
         if not self.edge_normalization:
             return None
-        return normalised_betas(model.arch_group(f"betas_{cell_type}").detach().float().cpu())
+        return normalised_betas(model.arch_group(f"betas_{cell_type}").detach().float().cpu(), model.node_slices())
 
     def arch_views(self, model: nn.Module) -> dict[str, torch.Tensor]:
         if not self.edge_normalization:
             return {}
-        return {name: normalised_betas(p.detach().float().cpu())
+        return {name: normalised_betas(p.detach().float().cpu(), model.node_slices())
                 for name, p in model.arch_groups().items() if name.startswith("betas_")}

@@ -1,6 +1,6 @@
 """Search spaces as plug-ins: each module here builds the supernet of one space.
 
-``SEARCH_SPACES`` maps a space's name (``--space``) to a builder
+``SEARCH_SPACES`` maps a space's name (``--space``) to a builder (with its op registry as ``.ops``)
 ``(C, num_classes, layers, steps, in_channels, primitives, method) -> supernet``. A supernet
 exposes ``forward(x) -> logits``, ``arch_groups()`` (its architecture parameters by name),
 ``arch_parameters()``, ``weights()``, ``named_weights()``, ``cell_types()`` and ``genotype()``,
@@ -12,6 +12,6 @@ from ..registry import Registry
 
 SEARCH_SPACES: Registry = Registry("search space")
 
-from . import darts  # noqa: E402,F401  (registers the built-in spaces)
+from . import darts, nas_bench_201  # noqa: E402,F401,I001  (registers the built-in spaces, in this order)
 
 __all__ = ["SEARCH_SPACES"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..genotype import PRIMITIVES
+from ..ops import OPS
 from ..supernet import Supernet
 from . import SEARCH_SPACES
 
@@ -15,3 +16,6 @@ def build_darts_supernet(C: int, num_classes: int, layers: int, steps: int, in_c
                          primitives: Sequence[str] = PRIMITIVES, method=None, **_: object) -> Supernet:
     return Supernet(C=C, num_classes=num_classes, layers=layers, steps=steps,
                     in_channels=in_channels, primitives=primitives, method=method)
+
+
+build_darts_supernet.ops = OPS  # the space's op registry: --ops are checked against it
