@@ -161,6 +161,13 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "(KL to Dir(1) in the architecture loss)")
     g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
 
+    g = p.add_argument_group("collapse diagnostics")
+    g.add_argument("--hessian-every", type=int, default=d.hessian_every, metavar="N",
+                   help="every N epochs (and after the last) compute the dominant eigenvalue of the Hessian of the "
+                        "architecture-half loss with respect to the architecture parameters (RobustDARTS); 0: never")
+    g.add_argument("--hessian-batches", type=int, default=d.hessian_batches, metavar="B",
+                   help="architecture-half batches the Hessian is taken over")
+
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -219,7 +226,8 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         skip_beta_schedule=args.skip_beta_schedule, beta_decay_scale=args.beta_decay_scale,
         sdarts_epsilon_min=args.sdarts_epsilon_min, sdarts_epsilon_max=args.sdarts_epsilon_max,
         sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
-        drnas_reg_scale=args.drnas_reg_scale, seed=args.seed, device=args.device, out=args.out,
+        drnas_reg_scale=args.drnas_reg_scale, hessian_every=args.hessian_every,
+        hessian_batches=args.hessian_batches, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,

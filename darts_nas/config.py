@@ -157,6 +157,9 @@ class SearchConfig(_Settings):
     sdarts_attack_steps: int = 7  # SDARTS-ADV: PGD steps
     drnas_regulariser: str = "l2"  # DrNAS: l2 (Adam weight decay on the alphas) or kl
     drnas_reg_scale: float = 1e-3  # DrNAS: the regulariser's scale
+    # collapse diagnostics (darts_nas.diagnostics)
+    hessian_every: int = 0  # the Hessian's dominant eigenvalue every N epochs (and after the last); 0: never
+    hessian_batches: int = 1  # architecture-half batches the Hessian is taken over
     # run
     seed: int = 2
     device: str = "auto"
@@ -192,6 +195,10 @@ class SearchConfig(_Settings):
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1 (a search of 0 epochs would derive its genotype from "
                               f"untrained alphas), got {self.epochs}")
+        if self.hessian_every < 0:
+            raise ConfigError(f"--hessian-every must be 0 (never) or a number of epochs, got {self.hessian_every}")
+        if self.hessian_batches < 1:
+            raise ConfigError(f"--hessian-batches must be at least 1, got {self.hessian_batches}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -241,7 +248,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "preset": None, "nesterov": False, "arch_warmup_epochs": 0, "partial_channels": 4,
     "edge_normalization": True, "tau_max": 10.0, "tau_min": 0.1, "skip_beta": 1.0, "skip_beta_schedule": "linear",
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
-    "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3,
+    "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
 }
 
 

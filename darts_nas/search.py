@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import islice
 from typing import Any
 
 import torch
@@ -37,11 +38,12 @@ from .network import check_image_size, check_stem_fits_in_memory
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
+from .diagnostics import collapse_warnings, dominant_eigenvalue, epoch_diagnostics
 from .methods import METHODS
 from .runfiles import RunDirLock
 from .spaces import SEARCH_SPACES
 from .supernet import check_primitives
-from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, search_legend
+from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, read_jsonl, search_legend
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
              "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES)
@@ -64,6 +66,7 @@ def arch_history(model) -> dict[str, Any]:
 # Settings that may change between a run and its resumption: where things are, how they are
 # shown, how fast they load. Everything else changes the model or the data and must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
+                     "hessian_every", "hessian_batches",
                      "tensorboard", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes",
                      "amp", "channels_last", "compile", "gpu_data", "recompute"}
 # What ``--resume`` may also change: lowering the learning rates after a non-finite loss.
@@ -248,6 +251,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                  f"to search a normal cell")
 
     start = time.perf_counter()
+    # the eigenvalues measured so far (the warnings compare them), from the records kept on resume
+    eigenvalues = [r["hessian_eigenvalue"] for r in (read_jsonl(out / "metrics.jsonl")
+                                                    if resume and ctx.is_main and (out / "metrics.jsonl").exists()
+                                                    else []) if "hessian_eigenvalue" in r]
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
     genotype = model.genotype()
 
@@ -296,9 +303,15 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         scheduler.step()
         genotype = model.genotype()
         ctx.check_replicas(model, genotype)
+        diagnostics = epoch_diagnostics(model, genotype, config.primitives)
+        if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
+            batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
+            hessian = dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
+            diagnostics.update(hessian_eigenvalue=hessian["value"], hessian_method=hessian["how"])
+            eigenvalues.append(hessian["value"])
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
-                  "elapsed": time.perf_counter() - start}
+                  **diagnostics, "elapsed": time.perf_counter() - start}
         log.append_jsonl("metrics.jsonl", record)
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
                                            "primitives": list(config.primitives), **arch_history(model)})
@@ -314,6 +327,14 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s"
                  + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
                  + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
+        log.info("  collapse signs: parameter-free share " + ", ".join(
+            f"{t} {diagnostics[f'parameter_free_{t}']:.3f}" for t in model.cell_types())
+            + (f", normal-cell skips {diagnostics['normal_skip_connections']}" if "normal_skip_connections" in diagnostics
+               else "")
+            + (f", Hessian eigenvalue {diagnostics['hessian_eigenvalue']:.4g} ({diagnostics['hessian_method']})"
+               if "hessian_eigenvalue" in diagnostics else ""))
+        for sign in collapse_warnings(eigenvalues, genotype):
+            log.info(f"  warning: collapse ahead? {sign}")
         log.info(f"  genotype: {genotype}")
         for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
             log.info(f"  warning: {warning}")

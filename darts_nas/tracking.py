@@ -341,6 +341,10 @@ SEARCH_SCALARS = (
     ("loss/weights", "train_loss"), ("loss/arch", "arch_loss"), ("loss/valid", "valid_loss"),
     ("accuracy/weights", "train_acc"), ("accuracy/arch", "arch_acc"), ("accuracy/valid", "valid_acc"),
     ("lr/weights", "lr"), ("lr/arch", "arch_lr"),
+    # collapse diagnostics (darts_nas.diagnostics); the parameter-free shares and entropies are
+    # the alphas/<cell>/... scalars
+    ("diagnostics/hessian_eigenvalue", "hessian_eigenvalue"),
+    ("diagnostics/normal_skip_connections", "normal_skip_connections"),
 )
 SEARCH_HPARAMS = ("dataset", "epochs", "batch_size", "init_channels", "layers", "nodes", "learning_rate",
                   "learning_rate_min", "momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay",
