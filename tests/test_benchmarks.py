@@ -42,6 +42,13 @@ def test_search_step_benchmark_runs_every_method(method):
     assert result["method"] == method and result["median_s"]["step"] > 0
 
 
+def test_diagnostics_benchmark_times_the_statistics_and_the_hessian():
+    result = _run("diagnostics.py", "--batch-size", "4", "--init-channels", "4", "--layers", "3", "--image-size", "8",
+                  "--lanczos-steps", "3", "--epoch-steps", "10")
+    assert result["hessian_s"] > 0 and result["always_on_s"] > 0 and result["hessian_how"] == "lanczos (3 steps)"
+    assert result["hessian_share_of_epoch"] == pytest.approx(result["hessian_s"] / result["epoch_s_estimate"])
+
+
 def test_train_step_benchmark_runs_a_final_network():
     result = _run("train_step.py", "--cell", "darts_v2", "--batch-size", "4", "--init-channels", "8",
                   "--layers", "3", "--image-size", "16", "--no-auxiliary", "--warmup", "1", "--steps", "2")
