@@ -160,6 +160,11 @@ class SearchConfig(_Settings):
     # collapse diagnostics (darts_nas.diagnostics)
     hessian_every: int = 0  # the Hessian's dominant eigenvalue every N epochs (and after the last); 0: never
     hessian_batches: int = 1  # architecture-half batches the Hessian is taken over
+    early_stop: str | None = None  # "es": RobustDARTS's DARTS-ES rule on the eigenvalues
+    es_start_epoch: int = 10  # DARTS-ES: the earlier local average must end at this epoch or later
+    es_window: int = 5  # DARTS-ES: measurements per local average
+    es_delta: int = 4  # DARTS-ES: measurements between the two local averages compared
+    es_ratio: float = 1.3  # DARTS-ES: stop when the later average exceeds the earlier by this factor
     # run
     seed: int = 2
     device: str = "auto"
@@ -199,6 +204,17 @@ class SearchConfig(_Settings):
             raise ConfigError(f"--hessian-every must be 0 (never) or a number of epochs, got {self.hessian_every}")
         if self.hessian_batches < 1:
             raise ConfigError(f"--hessian-batches must be at least 1, got {self.hessian_batches}")
+        if self.early_stop not in (None, "es"):
+            raise ConfigError(f"--early-stop must be es, got {self.early_stop!r}")
+        if self.early_stop == "es" and not self.hessian_every:
+            raise ConfigError("--early-stop es watches the Hessian's eigenvalue: add --hessian-every N (RobustDARTS "
+                              "measures every 2 epochs)")
+        for name in ("es_window", "es_delta"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.es_start_epoch < 0 or not self.es_ratio > 0:
+            raise ConfigError(f"--es-start-epoch must be 0 or more and --es-ratio positive, got "
+                              f"{self.es_start_epoch} and {self.es_ratio}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -249,6 +265,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "edge_normalization": True, "tau_max": 10.0, "tau_min": 0.1, "skip_beta": 1.0, "skip_beta_schedule": "linear",
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
+    "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
 }
 
 

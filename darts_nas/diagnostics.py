@@ -200,3 +200,17 @@ def epoch_diagnostics(model: nn.Module, genotype, primitives: Sequence[str]) -> 
     if skips is not None:
         out["normal_skip_connections"] = skips
     return out
+
+
+def es_stop(eigenvalues: Sequence[float], epochs: Sequence[int], start_epoch: int = 10, window: int = ES_WINDOW,
+            delta: int = ES_DELTA, ratio: float = ES_RATIO) -> tuple[int, float] | None:
+    """DARTS-ES at the latest measurement: ``(epoch to return to, ratio)`` when the local average
+    of the last ``window`` eigenvalues exceeds ``ratio`` times the one ``delta`` measurements
+    earlier, and that earlier average ends at ``start_epoch`` or later; the epoch returned is the
+    one the earlier average ends at (RobustDARTS's code returns the genotype of that epoch).
+    ``epochs[i]`` is the (1-based) epoch of ``eigenvalues[i]``."""
+    rise = es_ratio(eigenvalues, window, delta)
+    if rise is None or rise <= ratio:
+        return None
+    earlier = epochs[len(epochs) - 1 - delta]
+    return (earlier, rise) if earlier >= start_epoch else None

@@ -38,7 +38,7 @@ from .network import check_image_size, check_stem_fits_in_memory
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
-from .diagnostics import collapse_warnings, dominant_eigenvalue, epoch_diagnostics
+from .diagnostics import collapse_warnings, dominant_eigenvalue, epoch_diagnostics, es_stop
 from .methods import METHODS
 from .runfiles import RunDirLock
 from .spaces import SEARCH_SPACES
@@ -66,7 +66,6 @@ def arch_history(model) -> dict[str, Any]:
 # Settings that may change between a run and its resumption: where things are, how they are
 # shown, how fast they load. Everything else changes the model or the data and must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
-                     "hessian_every", "hessian_batches",
                      "tensorboard", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes",
                      "amp", "channels_last", "compile", "gpu_data", "recompute"}
 # What ``--resume`` may also change: lowering the learning rates after a non-finite loss.
@@ -153,6 +152,9 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
+    if config.early_stop:
+        raise ConfigError("--early-stop is a single-process feature for now: each process would measure the "
+                          "Hessian on its own shard; under torchrun drop it")
     if config.gpu_data:
         raise ConfigError("--gpu-data is a single-process feature for now: under torchrun drop it "
                           "(use --workers to feed each process)")
@@ -252,9 +254,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
 
     start = time.perf_counter()
     # the eigenvalues measured so far (the warnings compare them), from the records kept on resume
-    eigenvalues = [r["hessian_eigenvalue"] for r in (read_jsonl(out / "metrics.jsonl")
-                                                    if resume and ctx.is_main and (out / "metrics.jsonl").exists()
-                                                    else []) if "hessian_eigenvalue" in r]
+    kept = read_jsonl(out / "metrics.jsonl") if resume and ctx.is_main and (out / "metrics.jsonl").exists() else []
+    eigenvalues = [r["hessian_eigenvalue"] for r in kept if "hessian_eigenvalue" in r]
+    eigen_epochs = [r["epoch"] for r in kept if "hessian_eigenvalue" in r]
+    early_stop = None  # (epoch returned to, ratio) once DARTS-ES fires
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
     genotype = model.genotype()
 
@@ -277,7 +280,14 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         lambda progress: save_rotating(out, progress.epoch, state(progress.epoch, progress),
                                        keep=config.keep_checkpoints, step=progress.step),
         f"{resume_command(out)}", log.to_file)  # the command prints the stop line
-    for epoch in range(start_epoch, config.epochs):
+    if config.early_stop == "es" and eigen_epochs and eigen_epochs[-1] == start_epoch:
+        # stopped early before the run could finish: the rule fires again on the same eigenvalues
+        early_stop = es_stop(eigenvalues, eigen_epochs, config.es_start_epoch, config.es_window, config.es_delta,
+                             config.es_ratio)
+        if early_stop is not None:
+            genotype = _genotype_of_epoch(out, early_stop[0], genotype)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs if early_stop is None else start_epoch):
         set_epoch(data.weight_loader, epoch)
         resumed = resume is not None and epoch == start_epoch and start_step > 0
         method.start_epoch(epoch, config.epochs)
@@ -309,6 +319,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             hessian = dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
             diagnostics.update(hessian_eigenvalue=hessian["value"], hessian_method=hessian["how"])
             eigenvalues.append(hessian["value"])
+            eigen_epochs.append(epoch + 1)
+            if config.early_stop == "es":
+                early_stop = es_stop(eigenvalues, eigen_epochs, config.es_start_epoch, config.es_window,
+                                     config.es_delta, config.es_ratio)
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
                   **diagnostics, "elapsed": time.perf_counter() - start}
@@ -338,7 +352,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         log.info(f"  genotype: {genotype}")
         for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
             log.info(f"  warning: {warning}")
-        checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
+        checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs or early_stop is not None)
+        if early_stop is not None:
+            back, rise = early_stop
+            genotype = _genotype_of_epoch(out, back, genotype)
+            log.info(f"early stop (DARTS-ES) after epoch {epoch + 1}: the Hessian's eigenvalue rose {rise:.2f}x "
+                     f"(above {config.es_ratio}x); the search returns the genotype of epoch {back}")
+            break
 
     digest = ctx.check_replicas(model, genotype)
     if ctx.is_distributed:
@@ -349,6 +369,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         board.diagrams.write(genotype, out)
     summary = {
         "finished": True, "method": config.method, "epochs": config.epochs, "genotype": genotype.to_dict(),
+        **({"early_stop": {"rule": "es", "after_epoch": epoch + 1, "genotype_epoch": early_stop[0],
+                           "ratio": early_stop[1]}} if early_stop is not None else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out),
     }
@@ -358,6 +380,15 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
              f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
     return summary
+
+
+def _genotype_of_epoch(out, epoch: int, like):
+    """The genotype recorded in history.jsonl after ``epoch`` (of the same type as ``like``)."""
+    for record in read_jsonl(out / "history.jsonl"):
+        if record.get("epoch") == epoch:
+            return type(like).from_dict(record["genotype"])
+    raise CheckpointError(f"{out / 'history.jsonl'} holds no genotype of epoch {epoch}, which the early stop "
+                          f"returns to: the file was edited; start the search again with --overwrite")
 
 
 def _lower_learning_rates(saved: dict[str, Any], config: SearchConfig, w_optimizer, scheduler,

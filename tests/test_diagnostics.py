@@ -144,3 +144,50 @@ def test_a_search_records_the_diagnostics_every_epoch(tmp_path):
     events = EventAccumulator(str(out)).Reload()
     assert [e.step for e in events.Scalars("diagnostics/hessian_eigenvalue")] == [2, 3]
     assert json.loads((out / "config.json").read_text())["config"]["hessian_every"] == 2
+
+
+def test_es_stop_points_back_delta_measurements_from_the_start_epoch_on():
+    from darts_nas.diagnostics import es_stop
+
+    values = [1.0] * 9 + [2.0] * 2
+    epochs = [2 * (i + 1) for i in range(len(values))]  # measured every 2 epochs
+    assert es_stop(values, epochs) == (epochs[-1 - 4], pytest.approx(1.4))
+    assert es_stop(values, epochs, start_epoch=epochs[-1 - 4] + 1) is None  # too early to stop
+    assert es_stop([1.0] * 11, epochs) is None
+
+
+def test_early_stop_es_returns_the_genotype_of_the_epoch_it_points_back_to(tmp_path, monkeypatch):
+    import darts_nas.search as search_module
+
+    rising = iter([1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    monkeypatch.setattr(search_module, "dominant_eigenvalue",
+                        lambda *a, **k: {"value": next(rising), "how": "fake", "parameters": 0})
+    out = tmp_path / "run"
+    args = ["--dataset", "digits", "--init-channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "16",
+            "--steps-per-epoch", "2", "--epochs", "8", "--quiet", "--no-tensorboard", "--hessian-every", "1",
+            "--early-stop", "es", "--es-start-epoch", "1", "--es-window", "2", "--es-delta", "2", "--out", str(out)]
+    assert search_main(args) == 0
+    # local averages of 2, 2 apart: after epoch 4, (1 + 3) / 2 = 2 against (1 + 1) / 2 = 1: fires, back to epoch 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["early_stop"] == {"rule": "es", "after_epoch": 4, "genotype_epoch": 2, "ratio": 2.0}
+    history = read_jsonl(out / "history.jsonl")
+    assert len(history) == 4 and summary["genotype"] == history[1]["genotype"]
+    assert json.loads((out / "genotype.json").read_text()) == history[1]["genotype"]
+    # a run that stopped before writing its summary stops again at once when rerun, with the same result
+    (out / "summary.json").unlink()
+    rising = iter([])  # no measurement may be taken again
+    assert search_main(args) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["early_stop"] == summary["early_stop"] and again["genotype"] == summary["genotype"]
+    assert len(read_jsonl(out / "history.jsonl")) == 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--early-stop", "es"], "--early-stop es watches the Hessian's eigenvalue: add --hessian-every N"),
+    (["--hessian-every", "-1"], "--hessian-every must be 0 (never) or a number of epochs"),
+])
+def test_bad_diagnostics_settings_get_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert search_main(["--dataset", "digits", "--epochs", "2", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
