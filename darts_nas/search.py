@@ -152,7 +152,7 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
-    if config.early_stop:
+    if getattr(config, "early_stop", None):  # the retraining shares this check
         raise ConfigError("--early-stop is a single-process feature for now: each process would measure the "
                           "Hessian on its own shard; under torchrun drop it")
     if config.gpu_data:

@@ -31,7 +31,8 @@ needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot is not insta
 
 SEARCH_SCALARS = {"loss/weights", "loss/arch", "loss/valid", "accuracy/weights", "accuracy/arch",
                   "accuracy/valid", "lr/weights", "lr/arch", "alphas/normal/entropy", "alphas/reduce/entropy",
-                  "alphas/normal/parameter_free", "alphas/reduce/parameter_free"}
+                  "alphas/normal/parameter_free", "alphas/reduce/parameter_free",
+                  "diagnostics/normal_skip_connections"}  # the Hessian's eigenvalue only with --hessian-every
 TRAIN_SCALARS = {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "lr", "drop_path_prob",
                  "throughput/images_per_s"}
 
