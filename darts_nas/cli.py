@@ -180,6 +180,7 @@ def build_search_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
+    _add_seeds_flag(g)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
                    help="run directory (default: runs/search-<dataset>-<time>); one run at a time may use it (a lock)")
@@ -201,6 +202,27 @@ def build_search_parser() -> argparse.ArgumentParser:
     _add_resume_flags(g, command("search"))
     _add_speed_flags(p, search=True)
     return p
+
+
+def _add_seeds_flag(g) -> None:
+    g.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="run the same protocol once per seed, each in <out>/seed-<n> (resumable as any run: the "
+                        "same command again continues unfinished seeds and skips finished ones), then write "
+                        "<out>/summary.json with the mean, sample std, min, max and each seed's value; needs --out")
+
+
+def _over_seeds(run, args: argparse.Namespace, kind: str, given: set[str]):
+    """``run``, or with ``--seeds`` a run of every seed followed by the aggregate (darts_nas.repeat)."""
+    if args.seeds is None:
+        return run
+    from .repeat import parse_seeds, run_seeds
+
+    def seeded(config, quiet: bool = False, **kw):
+        if "seed" in given:
+            raise ConfigError("--seed and --seeds both given: pass only --seeds (each seed gets its own run)")
+        return run_seeds(run, config, parse_seeds(args.seeds), kind, quiet=quiet, **kw)
+
+    return seeded
 
 
 def _add_resume_flags(g, script: str) -> None:
@@ -484,8 +506,11 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         return 130
     run, RESUMABLE_CHANGES, RESUME_LEARNING_RATES = search.run, search.RESUMABLE_CHANGES, search.RESUME_LEARNING_RATES
     given = _given_flags(build_search_parser, argv)
+    if args.seeds is not None and args.resume is not None:
+        print_error("--resume continues one run: to continue a --seeds run, run its command again")
+        return 2
     if args.resume is None:
-        return _run(run, lambda: search_config_from_args(args, given), args.quiet)
+        return _run(_over_seeds(run, args, "search", given), lambda: search_config_from_args(args, given), args.quiet)
     if args.preset is not None:
         print_error("--resume continues a run with its recorded settings: leave out --preset")
         return 2
@@ -561,6 +586,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
+    _add_seeds_flag(g)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
                    help="run directory (default: runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
@@ -633,9 +659,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return 130
     run, FINISHED = train.run, train.FINISHED
     RESUMABLE_CHANGES, RESUME_LEARNING_RATES = train.RESUMABLE_CHANGES, train.RESUME_LEARNING_RATES
-    if args.resume is None:
-        return _run(run, lambda: train_config_from_args(args), args.quiet)
     given = _given_flags(build_train_parser, argv)
+    if args.seeds is not None and args.resume is not None:
+        print_error("--resume continues one run: to continue a --seeds run, run its command again")
+        return 2
+    if args.resume is None:
+        return _run(_over_seeds(run, args, "train", given), lambda: train_config_from_args(args), args.quiet)
     return _run(run, lambda: resumed_config(args.resume, "train", given, train_config_from_args(args),
                                             FINISHED, RESUMABLE_CHANGES | RESUME_LEARNING_RATES),
                 args.quiet, resume_only=True)

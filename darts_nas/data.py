@@ -766,6 +766,29 @@ def split_indices(n: int, train_portion: float, seed: int) -> tuple[list[int], l
     return weight_idx, arch_idx
 
 
+def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[list[int]]:
+    """Seeded, stratified split of ``range(len(labels))`` into ``k`` folds (for cross-validated
+    evaluation): each class's indices, in an order drawn from ``torch.Generator().manual_seed(seed)``,
+    are dealt round-robin to the folds, the deal continuing from class to class, so every class's
+    count and every fold's size differ by at most one between folds. Each fold is sorted."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"the number of folds must be an integer of at least 2, got {k!r}: pass e.g. --folds 5")
+    if len(labels) < k:
+        raise DataError(f"{len(labels)} images cannot fill {k} folds: use fewer folds or more images")
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    dealt = 0
+    for label in sorted(by_class):
+        members = by_class[label]
+        for position in torch.randperm(len(members), generator=generator).tolist():
+            folds[dealt % k].append(members[position])
+            dealt += 1
+    return [sorted(fold) for fold in folds]
+
+
 def _images_of(dataset: Dataset) -> Any:
     """What identifies the images of ``dataset``, in order: each file (relative to its root, so a
     moved ``--data`` still matches) and label for folder datasets, else their number."""

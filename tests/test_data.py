@@ -752,3 +752,22 @@ def test_infinite_loader_resumes_mid_pass_without_loading_the_skipped_batches():
     resumed = search_data("digits", None, batch_size=64, seed=0).arch_loader
     resumed.load_state_dict(state)
     assert head + labels(resumed, 13) == expected
+
+
+def test_stratified_folds_partition_stratify_and_follow_the_seed():
+    from darts_nas.data import stratified_folds
+
+    labels = [0] * 10 + [1] * 7 + [2] * 3 + [0] * 3  # classes of 13, 7 and 3 images, not contiguous
+    folds = stratified_folds(labels, 4, seed=5)
+    assert sorted(i for fold in folds for i in fold) == list(range(len(labels)))  # a partition
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == 23
+    for c in (0, 1, 2):
+        counts = [sum(labels[i] == c for i in fold) for fold in folds]
+        assert max(counts) - min(counts) <= 1, (c, counts)  # 13 -> 4,3,3,3; 7 -> 2,2,2,1 in some order
+    assert stratified_folds(labels, 4, seed=5) == folds
+    assert stratified_folds(labels, 4, seed=6) != folds
+    with pytest.raises(ConfigError, match="--folds"):
+        stratified_folds(labels, 1, seed=0)
+    with pytest.raises(DataError, match="fewer folds"):
+        stratified_folds([0, 1], 3, seed=0)

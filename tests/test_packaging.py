@@ -39,4 +39,5 @@ def test_wheel_contains_cells_and_entry_points(tmp_path):
     assert {"darts_nas/methods/gdas.py", "darts_nas/methods/pc_darts.py", "darts_nas/spaces/darts.py"} <= names
     assert "darts-search = darts_nas.cli:search_main" in entry_points
     assert "darts-train = darts_nas.cli:train_main" in entry_points
+    assert "darts-report = darts_nas.report:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)

@@ -1,0 +1,303 @@
+"""``darts-report``: one report over search and retraining runs and ``--seeds`` aggregates.
+
+``darts-report RUN ... --out DIR`` reads each RUN (a run directory, or the parent of a ``--seeds``
+run) and writes into DIR a Markdown table (``report.md``) and the same numbers as CSV
+(``report.csv``): one row per kind/method/space/dataset with the mean ± sample std, n, min and max
+of the headline metric (search: final architecture-half accuracy; retraining: final test
+accuracy), and the published result of the run's preset where it carries one. With matplotlib
+(``pip install darts-nas[report]``) it also draws, as PNG: the accuracy and loss curves of every
+run of a row (``curves-<row>.png``) and, for each search run, the mixing weights of every edge over
+the epochs (``alphas-<row>-<run>.png``).
+
+``darts-report --aggregate PARENT`` rebuilds ``PARENT/summary.json`` from whatever ``seed-<n>``
+runs in it have finished (seeds run as separate jobs into one parent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import DartsNasError, RunDirError, print_error
+from .repeat import AGGREGATE_FILE, FINISHED, METRICS, aggregate, describe, summarise, write_aggregate
+
+# The curves drawn per kind of run: (metric key, label); accuracy first, then loss.
+CURVES = {
+    "search": ((("train_acc", "weight half (training)"), ("valid_acc", "architecture half")),
+               (("train_loss", "weight half (training)"), ("valid_loss", "architecture half"))),
+    "train": ((("train_acc", "training"), ("test_acc", "test")),
+              (("train_loss", "training"), ("test_loss", "test"))),
+}
+CURVES_SIZE = (1000, 400)  # pixels of curves-*.png (10 x 4 inches at 100 dpi)
+ALPHA_COLUMNS = 7  # edges per row of alphas-*.png
+ALPHA_PANEL = (250, 200)  # pixels of one edge's panel
+ALPHA_LEGEND = 60  # pixels above the panels for the ops' legend
+
+
+@dataclass
+class Row:
+    """One kind/method/space/dataset group: its runs and their headline values."""
+
+    kind: str
+    method: str
+    space: str
+    dataset: str
+    metric: str
+    published: str = ""
+    values: dict[str, float] = field(default_factory=dict)  # run label -> headline value
+    runs: dict[str, Path] = field(default_factory=dict)  # run label -> run directory
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "-", f"{self.kind}-{self.method}-{self.space}-{self.dataset}").strip("-")
+
+
+def alphas_size(edges: int) -> tuple[int, int]:
+    """(width, height) in pixels of the alphas figure of a search whose cell types have ``edges``
+    edges each (one row of panels per ALPHA_COLUMNS edges, per cell type)."""
+    columns = min(edges, ALPHA_COLUMNS)
+    return ALPHA_PANEL[0] * columns, ALPHA_PANEL[1] * math.ceil(edges / ALPHA_COLUMNS)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _published(settings: dict[str, Any]) -> str:
+    """The preset's published result as one cell of the table, or ''."""
+    if not settings.get("preset"):
+        return ""
+    from .config import load_preset
+
+    try:
+        pub = load_preset(settings["preset"]).get("published") or {}
+    except DartsNasError:
+        return ""
+    if not pub:
+        return ""
+    return (f"{pub.get('test_error')} % test error, {pub.get('params_m')} M params on {pub.get('dataset')} "
+            f"after retraining ({settings['preset']}; {pub.get('source')})")
+
+
+def _row_of(settings: dict[str, Any], kind: str) -> Row:
+    if kind == "search":
+        method = settings.get("method", "darts") + (f" (preset {settings['preset']})" if settings.get("preset") else "")
+    else:
+        method = f"retrain {Path(str(settings.get('cell'))).name}"
+    return Row(kind, method, str(settings.get("space") or "darts"), str(settings.get("dataset")), METRICS[kind][0],
+               _published(settings))
+
+
+def collect(paths: Sequence[str | Path], warn=print) -> list[Row]:
+    """The rows of the runs in ``paths`` (run directories or ``--seeds`` parents), grouped by
+    kind, method, space and dataset; an unfinished run is left out with a warning."""
+    rows: dict[tuple[str, str, str, str], Row] = {}
+    for path in map(Path, paths):
+        found = _json(path / AGGREGATE_FILE)
+        if isinstance(found, dict) and found.get("kind") == "aggregate":
+            runs = [(f"{path.name}/seed-{s}", path / f"seed-{s}") for s in aggregate(path)["finished"]]
+        elif (path / "config.json").is_file():
+            runs = [(path.name, path)]
+        else:
+            raise RunDirError(f"{path} holds neither a run (config.json) nor a --seeds aggregate ({AGGREGATE_FILE}): "
+                              f"give run directories or --seeds parents")
+        for label, run in runs:
+            saved = _json(run / "config.json")
+            settings = saved.get("config") if isinstance(saved, dict) else None
+            if not isinstance(settings, dict):
+                raise RunDirError(f"{run}/config.json is unreadable: give run directories written by darts-nas")
+            from .runtime import run_kind
+
+            kind = run_kind(settings)
+            summary = _json(run / FINISHED[kind])
+            if not isinstance(summary, dict) or not summary.get("finished"):
+                warn(f"{run}: not finished ({FINISHED[kind]} missing): left out")
+                continue
+            row = _row_of(settings, kind)
+            row = rows.setdefault((row.kind, row.method, row.space, row.dataset), row)
+            value = summary.get(row.metric)
+            if isinstance(value, (int, float)):
+                row.values[label] = float(value)
+            row.runs[label] = run
+    return list(rows.values())
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def write_tables(rows: Sequence[Row], out: Path) -> None:
+    header = ["kind", "method", "space", "dataset", "metric", "mean", "std", "n", "min", "max", "published"]
+    md = ["| kind | method | space | dataset | metric (%) | mean ± std | n | min | max | published |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            s = summarise(list(r.values.values()))
+            writer.writerow([r.kind, r.method, r.space, r.dataset, r.metric, s["mean"], s["std"], s["n"], s["min"],
+                             s["max"], r.published])
+            md.append(f"| {r.kind} | {r.method} | {r.space} | {r.dataset} | {r.metric} | {_fmt(s['mean'])} ± "
+                      f"{_fmt(s['std'])} | {s['n']} | {_fmt(s['min'])} | {_fmt(s['max'])} | {r.published or '-'} |")
+    md += ["", "std is the sample standard deviation (n - 1 in the denominator); n/a for one run. The headline "
+               "metric is the final architecture-half accuracy of a search (valid_acc) and the final test accuracy "
+               "of a retraining (final_test_acc). A published number is the test error of the preset's method "
+               "after retraining, on its dataset: compare it with a retraining's accuracy on that dataset.", ""]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    return records
+
+
+def draw_curves(row: Row, out: Path, plt) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(CURVES_SIZE[0] / 100, CURVES_SIZE[1] / 100), dpi=100)
+    for ax, curves, what in zip(axes, CURVES[row.kind], ("accuracy (%)", "loss")):
+        for i, (label, run) in enumerate(row.runs.items()):
+            records = _jsonl(run / "metrics.jsonl")
+            for (key, name), style in zip(curves, ("--", "-")):
+                points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+                if points:
+                    ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=f"{label}: {name}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(f"{row.method}, {row.space}, {row.dataset}", fontsize=9)
+    target = out / f"curves-{row.slug}.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
+    """The softmaxed alphas of every edge over the epochs (history.jsonl), one panel per edge."""
+    history = [h for h in _jsonl(run / "history.jsonl") if isinstance(h.get("alphas"), dict)]
+    if not history:
+        return None
+    cell_types = list(history[0]["alphas"])
+    ops = history[0].get("primitives") or [f"op {k}" for k in range(len(history[0]["alphas"][cell_types[0]][0]))]
+    edges = max(len(history[0]["alphas"][t]) for t in cell_types)
+    width, height = alphas_size(edges)
+    height = height * len(cell_types) + ALPHA_LEGEND
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    rows_per_type = math.ceil(edges / ALPHA_COLUMNS)
+    columns = min(edges, ALPHA_COLUMNS)
+    epochs = [h["epoch"] for h in history]
+    for t_index, cell_type in enumerate(cell_types):
+        for e in range(len(history[0]["alphas"][cell_type])):
+            ax = fig.add_subplot(rows_per_type * len(cell_types), columns,
+                                 (t_index * rows_per_type + e // columns) * columns + e % columns + 1)
+            for k, op in enumerate(ops):
+                ax.plot(epochs, [h["alphas"][cell_type][e][k] for h in history], marker=".", color=f"C{k % 10}",
+                        label=op)
+            ax.set_title(f"{cell_type} edge {e}", fontsize=7)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.tick_params(labelsize=6)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(ops), 8), fontsize=7)
+    fig.text(0.01, 1 - 12 / height, f"mixing weights per edge over the epochs: {label}", fontsize=8, va="top")
+    fig.subplots_adjust(top=1 - ALPHA_LEGEND / height - 0.02, hspace=0.6, wspace=0.35, bottom=0.06,
+                        left=0.04, right=0.99)
+    target = out / f"alphas-{row.slug}-{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+def draw_figures(rows: Sequence[Row], out: Path) -> list[Path] | None:
+    """The PNG figures, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figures = []
+    for row in rows:
+        figures.append(draw_curves(row, out, plt))
+        if row.kind == "search":
+            figures += [f for label, run in row.runs.items() if (f := draw_alphas(row, label, run, out, plt))]
+    return figures
+
+
+def report(paths: Sequence[str | Path], out: str | Path, warn=print) -> tuple[list[Row], list[Path] | None]:
+    rows = collect(paths, warn)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = draw_figures(rows, out)
+    write_tables(rows, out)
+    if figures:
+        with open(out / "report.md", "a") as f:
+            f.write("\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n")
+    return rows, figures
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="darts-report", allow_abbrev=False,
+                                description="A report over darts-nas runs: a Markdown table and a CSV of mean ± std "
+                                            "per method/space/dataset with the published numbers, and PNG figures "
+                                            "(with matplotlib: pip install darts-nas[report]).")
+    p.add_argument("--version", action="version", version=f"darts-nas {__version__}")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="search or retraining run directories, or --seeds parents (their seed-<n> runs)")
+    p.add_argument("--out", default="report", help="folder for report.md, report.csv and the figures (default: report)")
+    p.add_argument("--aggregate", metavar="PARENT", action="append", default=[],
+                   help="rebuild PARENT/summary.json (mean, sample std, min, max, each seed's value) from the "
+                        "finished PARENT/seed-<n> runs; repeatable")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.aggregate and not args.runs:
+        parser.print_usage(sys.stderr)
+        print_error("nothing to do: give run directories to report on, or --aggregate PARENT")
+        return 2
+    try:
+        for parent in args.aggregate:
+            result = write_aggregate(parent)
+            print(f"{parent}/{AGGREGATE_FILE}: {describe(result)}")
+        if args.runs:
+            rows, figures = report(args.runs, args.out, warn=lambda line: print(line, file=sys.stderr))
+            print(f"{len(rows)} rows written to {Path(args.out) / 'report.md'} and report.csv")
+            if figures is None:
+                print_error("figures skipped: matplotlib is not installed (pip install 'darts-nas[report]')")
+            else:
+                print(f"{len(figures)} figures written to {args.out}")
+    except DartsNasError as exc:
+        print_error(str(exc))
+        return 2
+    except OSError as exc:
+        print_error(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: check that --out is "
+                    f"a writable folder")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
