@@ -75,7 +75,8 @@ def build_search_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
-                        "subfolders of images) or digits (scikit-learn's 8x8 digits, no download)")
+                        "subfolders of images), digits (scikit-learn's 8x8 digits, no download) or "
+                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes)")
     g.add_argument("--data", default=d.data, help="directory that holds the dataset (for folder: the image directory)")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=d.image_size,
@@ -502,7 +503,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
                    help="cifar10 (cifar protocol), imagenet (imagenet protocol: train/ and val/ class folders), "
-                        "cifar100, mnist, fashion-mnist, svhn, folder, digits")
+                        "cifar100, mnist, fashion-mnist, svhn, folder, digits, imagenet16-120")
     g.add_argument("--data", default="data", help="directory that holds the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=None,

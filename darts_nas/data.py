@@ -1065,3 +1065,8 @@ def train_test_data(
         num_test=len(test_set),
         split=data_split(train_set, test_set),
     )
+
+
+# The NAS-Bench-201 datasets (imagenet16-120, ...) register themselves in DATASETS; imported last
+# because that module builds on the helpers above.
+from . import nb201_datasets  # noqa: E402,F401
