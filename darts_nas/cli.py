@@ -75,8 +75,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
-                        "subfolders of images), digits (scikit-learn's 8x8 digits, no download) or "
-                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes)")
+                        "subfolders of images), digits (scikit-learn's 8x8 digits, no download), "
+                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes) or cifar10-valid "
+                        "(CIFAR-10's training set: first half for the weights, second for the alphas)")
     g.add_argument("--data", default=d.data, help="directory that holds the dataset (for folder: the image directory)")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=d.image_size,
@@ -503,7 +504,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
                    help="cifar10 (cifar protocol), imagenet (imagenet protocol: train/ and val/ class folders), "
-                        "cifar100, mnist, fashion-mnist, svhn, folder, digits, imagenet16-120")
+                        "cifar100, mnist, fashion-mnist, svhn, folder, digits, imagenet16-120, cifar10-valid (trains "
+                        "on the first half of CIFAR-10's training set, tests on the second)")
     g.add_argument("--data", default="data", help="directory that holds the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=None,

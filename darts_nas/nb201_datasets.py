@@ -177,3 +177,49 @@ DATASETS.register(
         missing_root_fix=IMAGENET16_FIX,
     ),
 )
+
+
+# --- cifar10-valid: the two halves of CIFAR-10's training set --------------------------------
+
+CIFAR10_VALID_NOTE = (
+    "the train split is images 0..24,999 of CIFAR-10's training set (data_batch_1..5 in order), the test "
+    "split images 25,000..49,999; NAS-Bench-201 splits by its own index list (cifar-split.txt), which may differ"
+)
+
+
+class _Half(Dataset):
+    """Images ``start`` .. ``stop - 1`` of ``dataset``, with ``transform`` applied to each image."""
+
+    def __init__(self, dataset: Dataset, start: int, stop: int, transform: Callable | None) -> None:
+        self.dataset = dataset
+        self.indices = list(range(start, stop))  # read by data.data_split to fingerprint the images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[self.indices[index]]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def _build_cifar10_valid(root, train, download, image_size, transform):
+    # The first half of the training set is the train split, the second half the test split
+    # (an odd count gives the extra image to the second half).
+    full = DATASETS.get("cifar10").build(root, True, download, image_size, None)
+    half = len(full) // 2
+    return _Half(full, 0, half, transform) if train else _Half(full, half, len(full), transform)
+
+
+def _cifar10_valid_info():
+    from .data import CIFAR10_MEAN, CIFAR10_STD
+
+    return DatasetInfo("cifar10-valid", 3, 10, 32, CIFAR10_MEAN, CIFAR10_STD, hflip=True, crop_padding=4)
+
+
+DATASETS.register(
+    "cifar10-valid",
+    _DatasetEntry(info=_fixed_info(_cifar10_valid_info()), build=_build_cifar10_valid, fixed_halves=True),
+)

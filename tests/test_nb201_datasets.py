@@ -165,3 +165,65 @@ def test_missing_imagenet16_files_name_the_layout(imagenet16, tmp_path):
         load_dataset("imagenet16-120", root, "train")
     with pytest.raises(DataError, match="does not exist.*train_data_batch_1..10 and val_data"):
         load_dataset("imagenet16-120", tmp_path / "nowhere", "train")
+
+
+# --------------------------------------------------------------------------------------------
+# cifar10-valid
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cifar10(tmp_path, monkeypatch):
+    from torchvision import datasets as tv_datasets
+
+    written = fx.write_cifar10(tmp_path)  # 10 training images (2 per batch file), 4 test images
+    fx.patch_cifar_md5(monkeypatch, tv_datasets.CIFAR10, tmp_path)
+    return tmp_path, written
+
+
+def test_cifar10_valid_splits_the_training_set_in_two_halves_by_index(cifar10):
+    root, written = cifar10
+    images, labels = written["train"]
+    assert get_info("cifar10-valid") == get_info("cifar10").__class__(
+        **{**get_info("cifar10").__dict__, "name": "cifar10-valid"})
+    for split, span in (("train", range(0, 5)), ("test", range(5, 10))):
+        dataset, _ = load_dataset("cifar10-valid", root, split)
+        assert len(dataset) == 5
+        for i, k in enumerate(span):
+            image, label = dataset[i]
+            assert np.array_equal(np.asarray(image), images[k]) and label == labels[k]
+
+
+def test_cifar10_valid_search_uses_the_halves_and_retraining_tests_on_the_second(cifar10):
+    root, written = cifar10
+    images, _ = written["train"]
+    data = search_data("cifar10-valid", root, batch_size=2, seed=3)
+    assert (data.num_weight, data.num_arch) == (5, 5)
+    weight, arch = data.weight_loader.dataset, data.arch_eval_loader.dataset
+    plain = lambda ds, i: np.asarray(ds.dataset[ds.indices[i]][0])  # noqa: E731  the untransformed image
+    assert sorted(weight.indices) == [0, 1, 2, 3, 4] and sorted(arch.indices) == [5, 6, 7, 8, 9]
+    assert all(np.array_equal(plain(weight, i), images[i]) for i in range(5))
+    assert all(np.array_equal(plain(arch, i), images[5 + i]) for i in range(5))
+    # the seed shuffles the batches, never what is in each half
+    assert sorted(search_data("cifar10-valid", root, batch_size=2, seed=4).weight_loader.dataset.indices) == \
+        [0, 1, 2, 3, 4]
+    with pytest.raises(Exception, match="fixed halves.*drop --train-portion 0.3"):
+        search_data("cifar10-valid", root, batch_size=2, train_portion=0.3)
+    tt = train_test_data("cifar10-valid", root, batch_size=2)
+    assert (tt.num_train, tt.num_test) == (5, 5)
+    x, _ = next(iter(tt.test_loader))
+    info = get_info("cifar10-valid")
+    mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
+    expected = torch.from_numpy(images[5:7]).permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(x, (expected - mean) / std, atol=1e-6)
+    # the two halves are other images than CIFAR-10's own test split
+    assert data.split != search_data("cifar10", root, batch_size=2, seed=3).split
+
+
+def test_cifar10_valid_runs_a_search(cifar10, tmp_path):
+    root, _ = cifar10
+    out = tmp_path / "search"
+    assert search_main(["--dataset", "cifar10-valid", "--data", str(root), "--space", "nas-bench-201",
+                        *TINY_RUN, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["dataset"] == "cifar10-valid"
+    assert "on cifar10-valid (5 weight / 5 architecture images" in (out / "log.txt").read_text()
