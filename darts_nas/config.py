@@ -174,6 +174,9 @@ class SearchConfig(_Settings):
     compile: bool = False  # torch.compile the network
     gpu_data: bool | None = None  # dataset and augmentation on the GPU; None: on CUDA for CIFAR-style data
     recompute: bool = False  # recompute each cell's activations in the backward pass (less memory)
+    # NAS-Bench-201 lookups of the derived cell after every epoch (darts_nas.bench_search)
+    benchmark: str | None = None
+    benchmark_dataset: str | None = None  # None: the search's dataset
 
     def __post_init__(self) -> None:
         for name, value in SPACE_DEFAULTS.get(self.space, SPACE_DEFAULTS["darts"]).items():
