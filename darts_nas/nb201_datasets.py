@@ -188,7 +188,11 @@ CIFAR10_VALID_NOTE = (
 
 
 class _Half(Dataset):
-    """Images ``start`` .. ``stop - 1`` of ``dataset``, with ``transform`` applied to each image."""
+    """Images ``start`` .. ``stop - 1`` of ``dataset``, with ``transform`` applied to each image.
+
+    Not a :class:`darts_nas.data.TransformedSubset`: ``--gpu-data`` unwraps one of those to its
+    whole underlying dataset, where this half must stay a half (it copies it without the transform).
+    """
 
     def __init__(self, dataset: Dataset, start: int, stop: int, transform: Callable | None) -> None:
         self.dataset = dataset
