@@ -75,7 +75,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
-                        "subfolders of images) or digits (scikit-learn's 8x8 digits, no download)")
+                        "subfolders of images), digits (scikit-learn's 8x8 digits, no download), "
+                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes) or cifar10-valid "
+                        "(CIFAR-10's training set: first half for the weights, second for the alphas)")
     g.add_argument("--data", default=d.data, help="directory that holds the dataset (for folder: the image directory)")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=d.image_size,
@@ -83,6 +85,13 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument(*_flag("--train-portion", "--train_portion"), type=float, default=d.train_portion,
                    help="share of the training images used for the weights; the rest train the alphas")
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
+    g.add_argument("--benchmark", default=None, metavar="PATH",
+                   help="with --space nas-bench-201: look up the derived cell after every epoch in this NAS-Bench-201 "
+                        "data (the NATS-Bench topology directory NATS-tss-v1_0-3ffb9-simple) and record its 200-epoch "
+                        "accuracies in metrics.jsonl, TensorBoard and summary.json")
+    g.add_argument("--benchmark-dataset", default=None, metavar="NAME",
+                   help="the benchmark's dataset to score by (cifar10, cifar10-valid, cifar100, ImageNet16-120); "
+                        "default: the search's --dataset")
 
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=d.space,
@@ -264,6 +273,7 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
+        benchmark=args.benchmark, benchmark_dataset=args.benchmark_dataset,
         **_speed_settings(args),
     )
     if getattr(args, "preset", None):
@@ -546,7 +556,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
                    help="cifar10 (cifar protocol), imagenet (imagenet protocol: train/ and val/ class folders), "
-                        "cifar100, mnist, fashion-mnist, svhn, folder, digits")
+                        "cifar100, mnist, fashion-mnist, svhn, folder, digits, imagenet16-120, cifar10-valid (trains "
+                        "on the first half of CIFAR-10's training set, tests on the second)")
     g.add_argument("--data", default="data", help="directory that holds the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=None,

@@ -182,6 +182,9 @@ class SearchConfig(_Settings):
     compile: bool = False  # torch.compile the network
     gpu_data: bool | None = None  # dataset and augmentation on the GPU; None: on CUDA for CIFAR-style data
     recompute: bool = False  # recompute each cell's activations in the backward pass (less memory)
+    # NAS-Bench-201 lookups of the derived cell after every epoch (darts_nas.bench_search)
+    benchmark: str | None = None
+    benchmark_dataset: str | None = None  # None: the search's dataset
 
     def __post_init__(self) -> None:
         for name, value in SPACE_DEFAULTS.get(self.space, SPACE_DEFAULTS["darts"]).items():
@@ -266,6 +269,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
+    "benchmark": None, "benchmark_dataset": None,
 }
 
 

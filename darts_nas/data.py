@@ -214,6 +214,10 @@ class _DatasetEntry:
     info_root_optional: bool = False
     can_download: bool = True  # download=True fetches the files (torchvision datasets only)
     missing_root_fix: str | None = None  # advice when the root is missing, if not the generic one
+    # The search's two halves are fixed: the weights train on the train split and the alphas on
+    # the test split (cifar10-valid: the two 25k halves of CIFAR-10's training set), not on a
+    # seeded split of the train split.
+    fixed_halves: bool = False
 
 
 DATASETS: Registry[_DatasetEntry] = Registry("dataset")
@@ -995,6 +999,19 @@ class SearchData:
     split: dict[str, Any] | None = None  # data_split(): which images, in which half
 
 
+def _fixed_halves(name: str, root, train_portion: float, download: bool, image_size: int | None
+                  ) -> tuple[Dataset, DatasetInfo, list[int], list[int]]:
+    """(train split + test split, info, weight indices, architecture indices) of a dataset whose
+    search halves are fixed: the weights get its train split, the alphas its test split."""
+    if train_portion != 0.5:
+        raise ConfigError(f"the {name} dataset has fixed halves (its train split for the weights, its test split "
+                          f"for the alphas): drop --train-portion {train_portion}")
+    weight_set, info = load_dataset(name, root, "train", download=download, image_size=image_size)
+    arch_set, _ = load_dataset(name, root, "test", download=download, image_size=image_size)
+    both = torch.utils.data.ConcatDataset([weight_set, arch_set])
+    return both, info, list(range(len(weight_set))), list(range(len(weight_set), len(both)))
+
+
 def search_data(
     name: str,
     root: str | os.PathLike | None,
@@ -1010,11 +1027,15 @@ def search_data(
 
     Both halves use the search-time augmentation (random crop, flip where valid, no cutout);
     ``arch_eval_loader`` reads the architecture half with the test transform, in order.
-    The split, both shuffles and the workers' seeds derive from ``seed``.
+    The split, both shuffles and the workers' seeds derive from ``seed``. A dataset with fixed
+    halves (``cifar10-valid``) gives the weights its train split and the alphas its test split.
     """
     _check_loader_args(batch_size, workers)
-    dataset, info = load_dataset(name, root, "train", download=download, image_size=image_size)
-    weight_idx, arch_idx = split_indices(len(dataset), train_portion, seed)
+    if DATASETS.get(name).fixed_halves:
+        dataset, info, weight_idx, arch_idx = _fixed_halves(name, root, train_portion, download, image_size)
+    else:
+        dataset, info = load_dataset(name, root, "train", download=download, image_size=image_size)
+        weight_idx, arch_idx = split_indices(len(dataset), train_portion, seed)
     for half, idx in (("weight", weight_idx), ("architecture", arch_idx)):
         if len(idx) < batch_size:
             raise DataError(
@@ -1088,3 +1109,8 @@ def train_test_data(
         num_test=len(test_set),
         split=data_split(train_set, test_set),
     )
+
+
+# The NAS-Bench-201 datasets (imagenet16-120, ...) register themselves in DATASETS; imported last
+# because that module builds on the helpers above.
+from . import nb201_datasets  # noqa: E402,F401

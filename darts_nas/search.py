@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .accel import Speed, answer_out_of_memory
+from .bench_search import BenchmarkScorer, score_epoch
 from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
 from .commands import command
 from .config import SearchConfig
@@ -67,7 +68,8 @@ def arch_history(model) -> dict[str, Any]:
 # shown, how fast they load. Everything else changes the model or the data and must match.
 RESUMABLE_CHANGES = {"out", "overwrite", "data", "download", "workers", "device", "report_every",
                      "tensorboard", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes",
-                     "amp", "channels_last", "compile", "gpu_data", "recompute"}
+                     "amp", "channels_last", "compile", "gpu_data", "recompute",
+                     "benchmark", "benchmark_dataset"}
 # What ``--resume`` may also change: lowering the learning rates after a non-finite loss.
 RESUME_LEARNING_RATES = {"learning_rate", "arch_learning_rate"}
 
@@ -98,6 +100,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     # before anything is written (an unknown op leaves no run directory)
     check_primitives(config.primitives, getattr(space, "ops", None))
     check_distributed_settings(config, ctx)
+    scorer = BenchmarkScorer.from_config(config)  # a bad --benchmark fails before anything is written
     config = ctx.resume_instead_of_overwrite(config)
 
     # Data first: a missing dataset should fail before anything is written.
@@ -133,7 +136,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
             # survivors cannot take a checkpoint together, so they stop at once and the job
             # resumes from the last epoch's checkpoint.
             with GracefulStop(enabled=not ctx.is_distributed) as stop:
-                return _search(config, data, device, log, board, resume, stop, speed, ctx)
+                return _search(config, data, device, log, board, resume, stop, speed, ctx, scorer)
 
         try:
             return answer_out_of_memory(search, lambda b: probe_step(config, data.info, speed, b),
@@ -192,8 +195,8 @@ def probe_step(config: SearchConfig, info, speed: Speed, batch_size: int) -> Non
 
 def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             board: SearchBoard, resume: dict[str, Any] | None = None,
-            stop: GracefulStop | None = None, speed: Speed | None = None, ctx: Distributed | None = None
-            ) -> dict[str, Any]:
+            stop: GracefulStop | None = None, speed: Speed | None = None, ctx: Distributed | None = None,
+            scorer: BenchmarkScorer | None = None) -> dict[str, Any]:
     ctx = ctx if ctx is not None else Distributed(device=device)
     out = log.out
     info = data.info
@@ -326,6 +329,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
                   **diagnostics, "elapsed": time.perf_counter() - start}
+        score_epoch(scorer if ctx.is_main else None, genotype, record, board, log.info)  # --benchmark
         log.append_jsonl("metrics.jsonl", record)
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
                                            "primitives": list(config.primitives), **arch_history(model)})
@@ -372,7 +376,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         **({"early_stop": {"rule": "es", "after_epoch": epoch + 1, "genotype_epoch": early_stop[0],
                            "ratio": early_stop[1]}} if early_stop is not None else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
-        "wall_time": time.perf_counter() - start, "out": str(out),
+        "wall_time": time.perf_counter() - start, "out": str(out), **(scorer.summary() if scorer else {}),
     }
     board.finish(config, summary)
     if ctx.is_main:

@@ -204,3 +204,39 @@ def write_imagenet(
         (Path(root) / split / "LOC_synset_mapping.txt").write_text("n01440764 tench\n")
         out[split] = paths
     return out
+
+
+# --- ImageNet16 (NAS-Bench-201's ImageNet16-120) ----------------------------------------------
+
+
+def write_imagenet16(root: Path, per_file: int = 4, n_val: int = 6, seed: int = 0, protocol: int = 2) -> dict:
+    """``root/train_data_batch_1..10`` and ``root/val_data`` as the real files are: pickled dicts of
+    ``data`` (uint8 rows of 768 values, the R, G, B 16x16 planes in turn) and ``labels`` (a list of
+    1-based ImageNet class ids), plus ``mean`` (float64) in the training files.
+
+    Labels alternate between the 120-class subset (1..120, including both ends) and classes
+    outside it (121..1000). Returns {"train": (images (N, 16, 16, 3), labels 0..119), "test": ...}
+    with only the kept images, in file order.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    kept = {"train": ([], []), "test": ([], [])}
+    files = [(f"train_data_batch_{i}", "train", per_file) for i in range(1, 11)] + [("val_data", "test", n_val)]
+    for name, split, n in files:
+        data = _images(rng, n, (768,))
+        inside = [int(x) for x in rng.integers(1, 121, size=n)]
+        outside = [int(x) for x in rng.integers(121, 1001, size=n)]
+        labels = [inside[i] if i % 2 == 0 else outside[i] for i in range(n)]
+        if name == "train_data_batch_1":
+            labels[0], labels[2] = 1, 120  # both ends of the subset
+        batch = {"data": data, "labels": labels}
+        if split == "train":
+            batch["mean"] = data.mean(axis=0)
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f, protocol=protocol)
+        for row, label in zip(data, labels):
+            if label <= 120:
+                kept[split][0].append(row.reshape(3, 16, 16).transpose(1, 2, 0))
+                kept[split][1].append(label - 1)
+    return {split: (np.stack(images), labels) for split, (images, labels) in kept.items()}

@@ -72,7 +72,8 @@ def folder(tmp_path):
 
 def test_registry_lists_every_dataset():
     assert set(DATASETS.names()) == {
-        "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "folder", "digits", "imagenet"
+        "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "folder", "digits", "imagenet", "imagenet16-120",
+        "cifar10-valid",
     }
     with pytest.raises(ConfigError, match="cifar10.*digits|digits.*cifar10"):
         get_info("imagenet-22k")

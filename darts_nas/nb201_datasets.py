@@ -1,0 +1,229 @@
+"""The datasets NAS-Bench-201 was measured on, in their real on-disk formats.
+
+``imagenet16-120``: the 16x16 downsampled ImageNet of Chrabaszcz, Loshchilov and Hutter (2017),
+restricted to its first 120 classes as the benchmark uses it. ``--data`` holds the ten training
+files ``train_data_batch_1`` .. ``train_data_batch_10`` and ``val_data``. Each is a Python pickle
+of a dict: ``data``, a uint8 array of rows of 768 values (the R, G and B 16x16 planes one after
+the other), ``labels``, a list of 1-based class ids 1..1000, and in the training files ``mean``,
+a float array. Samples whose label is 1..120 are kept and shifted to 0..119.
+
+Unpickling can run anything a file asks for, so the files are read by :class:`BatchUnpickler`,
+which builds plain containers, numbers and strings plus exactly the globals a numpy array needs
+to be rebuilt (``numpy.core.multiarray._reconstruct``, spelled ``numpy._core`` by numpy 2,
+``numpy.ndarray`` and ``numpy.dtype``) and, for files re-saved by Python 3 with pickle protocols
+0-2, ``_codecs.encode`` of a string as latin-1 (how those protocols store bytes). A file that
+asks for anything else is refused in one line before any of it runs.
+
+This module registers its datasets in :data:`darts_nas.data.DATASETS` when imported (as
+``darts_nas.data`` does at its end).
+"""
+
+from __future__ import annotations
+
+import codecs
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .data import DATASETS, DatasetInfo, _DatasetEntry, _fixed_info
+from .errors import DataError
+
+__all__ = ["BatchUnpickler", "read_imagenet16_batch", "ImageNet16", "IMAGENET16_FILES"]
+
+# The benchmark's normalisation (AutoDL's get_dataset_with_transform.py), pixel values / 255.
+IMAGENET16_MEAN = tuple(v / 255 for v in (122.68, 116.66, 104.01))
+IMAGENET16_STD = tuple(v / 255 for v in (63.22, 61.26, 65.09))
+IMAGENET16_TRAIN_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11))
+IMAGENET16_VAL_FILE = "val_data"
+IMAGENET16_FILES = IMAGENET16_TRAIN_FILES + (IMAGENET16_VAL_FILE,)
+IMAGENET16_SIDE = 16
+IMAGENET16_ROW = 3 * IMAGENET16_SIDE * IMAGENET16_SIDE  # 768 values per image
+IMAGENET16_FIX = ("point --data at the directory holding the ImageNet16 files train_data_batch_1..10 and "
+                  "val_data (the 16x16 downsampled ImageNet from image-net.org, as NAS-Bench-201 uses it)")
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3's pickle protocols 0-2 use it to store bytes: a str
+    encoded as latin-1, and nothing else (no other codec is ever needed, so none is reached)."""
+    if not isinstance(text, str) or encoding != "latin1" or errors != "strict":
+        raise pickle.UnpicklingError("_codecs.encode is accepted only for a str as latin1")
+    return codecs.encode(text, "latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    # The real files name numpy 1's module; numpy 2 writes (and aliases) numpy._core.
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = _reconstruct
+    return allowed
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Reads a pickled batch of the ImageNet16 kind: any global beyond those a numpy array
+    needs raises :class:`DataError` before it could be called. Strings are read as latin-1,
+    as the files were written by Python 2."""
+
+    ALLOWED = _allowed_globals()
+
+    def __init__(self, file, source: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"{self.source} asks to load {module}.{name}, which an ImageNet16 batch file never holds: "
+                f"refused without running it; replace the file with one from the official download") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataError(f"{self.source} holds persistent references, which ImageNet16 batch files never do: "
+                        f"refused; replace the file with one from the official download")
+
+
+def read_imagenet16_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 rows (N, 768), 1-based int64 labels (N,)) of one ImageNet16 batch file, read by
+    :class:`BatchUnpickler` and checked to be what the format holds."""
+    corrupt = f"{path} is not a readable ImageNet16 batch file"
+    fix = "download it again"
+    try:
+        with open(path, "rb") as f:
+            batch = BatchUnpickler(f, str(path)).load()
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist: {IMAGENET16_FIX}") from None
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, AttributeError,
+            KeyError, MemoryError) as exc:  # truncated, not a pickle, mangled
+        detail = str(exc).splitlines()[0] if str(exc) else "truncated"
+        raise DataError(f"{corrupt} ({type(exc).__name__}: {detail}): {fix}") from None
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise DataError(f"{corrupt} (not a dict with 'data' and 'labels'): {fix}")
+    data, labels = batch["data"], batch["labels"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == IMAGENET16_ROW):
+        shape = getattr(data, "shape", type(data).__name__)
+        raise DataError(f"{corrupt} ('data' is {shape}, not uint8 rows of {IMAGENET16_ROW} values): {fix}")
+    if not isinstance(labels, (list, tuple)) or not all(type(v) is int for v in labels):
+        raise DataError(f"{corrupt} ('labels' is not a list of integers): {fix}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(data):
+        raise DataError(f"{corrupt} ({len(data)} images but {len(labels)} labels): {fix}")
+    if len(labels) and (labels.min() < 1 or labels.max() > 1000):
+        raise DataError(f"{corrupt} (labels outside 1..1000, the 1-based ImageNet classes): {fix}")
+    return data, labels
+
+
+class ImageNet16(Dataset):
+    """ImageNet16-``num_classes``: the images of the 16x16 downsampled ImageNet whose 1-based
+    label is at most ``num_classes``, as (PIL RGB image, label - 1) pairs, in file order.
+
+    ``train`` reads ``train_data_batch_1`` .. ``10``, else ``val_data``. The batches are read one
+    at a time and filtered, so the 120-class subset's 151,700 training images (116 MB) are all
+    that stay in memory, not the full 1.28 million.
+    """
+
+    def __init__(self, root: Path, train: bool = True, transform: Callable | None = None,
+                 num_classes: int = 120) -> None:
+        files = IMAGENET16_TRAIN_FILES if train else (IMAGENET16_VAL_FILE,)
+        missing = [f for f in files if not (Path(root) / f).is_file()]
+        if missing:
+            raise DataError(f"ImageNet16 under {root} is incomplete (missing {', '.join(missing)}): {IMAGENET16_FIX}")
+        images, targets = [], []
+        for name in files:
+            data, labels = read_imagenet16_batch(Path(root) / name)
+            keep = labels <= num_classes
+            # Rows are channel planes: (N, 768) -> (N, 3, 16, 16) -> (N, 16, 16, 3) for PIL.
+            images.append(data[keep].reshape(-1, 3, IMAGENET16_SIDE, IMAGENET16_SIDE).transpose(0, 2, 3, 1))
+            targets.append(labels[keep] - 1)
+        self.root = Path(root)
+        self.train = train
+        self.transform = transform
+        self.data = np.ascontiguousarray(np.concatenate(images))  # (N, 16, 16, 3) uint8
+        self.targets = [int(t) for t in np.concatenate(targets)]
+        self.classes = [str(c) for c in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.data[index])  # uint8 (16, 16, 3) -> mode 'RGB'
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+DATASETS.register(
+    "imagenet16-120",
+    _DatasetEntry(
+        # The benchmark's augmentation: random crop 16 with padding 2, horizontal flip.
+        info=_fixed_info(DatasetInfo("imagenet16-120", 3, 120, IMAGENET16_SIDE, IMAGENET16_MEAN, IMAGENET16_STD,
+                                     hflip=True, crop_padding=2)),
+        build=lambda root, train, download, image_size, transform: ImageNet16(root, train, transform),
+        can_download=False,
+        missing_root_fix=IMAGENET16_FIX,
+    ),
+)
+
+
+# --- cifar10-valid: the two halves of CIFAR-10's training set --------------------------------
+
+CIFAR10_VALID_NOTE = (
+    "the train split is images 0..24,999 of CIFAR-10's training set (data_batch_1..5 in order), the test "
+    "split images 25,000..49,999; NAS-Bench-201 splits by its own index list (cifar-split.txt), which may differ"
+)
+
+
+class _Half(Dataset):
+    """Images ``start`` .. ``stop - 1`` of ``dataset``, with ``transform`` applied to each image.
+
+    Not a :class:`darts_nas.data.TransformedSubset`: ``--gpu-data`` unwraps one of those to its
+    whole underlying dataset, where this half must stay a half (it copies it without the transform).
+    """
+
+    def __init__(self, dataset: Dataset, start: int, stop: int, transform: Callable | None) -> None:
+        self.dataset = dataset
+        self.indices = list(range(start, stop))  # read by data.data_split to fingerprint the images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[self.indices[index]]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def _build_cifar10_valid(root, train, download, image_size, transform):
+    # The first half of the training set is the train split, the second half the test split
+    # (an odd count gives the extra image to the second half).
+    full = DATASETS.get("cifar10").build(root, True, download, image_size, None)
+    half = len(full) // 2
+    return _Half(full, 0, half, transform) if train else _Half(full, half, len(full), transform)
+
+
+def _cifar10_valid_info():
+    from .data import CIFAR10_MEAN, CIFAR10_STD
+
+    return DatasetInfo("cifar10-valid", 3, 10, 32, CIFAR10_MEAN, CIFAR10_STD, hflip=True, crop_padding=4)
+
+
+DATASETS.register(
+    "cifar10-valid",
+    _DatasetEntry(info=_fixed_info(_cifar10_valid_info()), build=_build_cifar10_valid, fixed_halves=True),
+)
