@@ -152,7 +152,33 @@ class SearchCell(nn.Module):
         return op(x)
 
 
-class Supernet(nn.Module):
+class ArchParameters:
+    """What every space's supernet offers the run loop about its parameters: the architecture
+    parameters by name (the names listed in ``self._arch_names``, in a fixed order) and the
+    weights as everything else, so that the two partition ``parameters()``. Mixed into an
+    ``nn.Module``."""
+
+    _arch_names: list[str]
+
+    def arch_groups(self) -> dict[str, nn.Parameter]:
+        """The architecture parameters by name, in a fixed order."""
+        return {name: getattr(self, name) for name in self._arch_names}
+
+    def arch_group(self, name: str) -> nn.Parameter:
+        return getattr(self, name)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch_groups().values())
+
+    def named_weights(self):
+        arch = {id(p) for p in self.arch_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
+
+    def weights(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weights()]
+
+
+class Supernet(ArchParameters, nn.Module):
     """The DARTS search network: stem, ``layers`` search cells (reductions at ``layers // 3``
     and ``2 * layers // 3``), global average pool, linear classifier.
 
@@ -233,23 +259,6 @@ class Supernet(nn.Module):
         from .methods.base import node_slices
 
         return node_slices(num_edges(self.steps))
-
-    def arch_groups(self) -> dict[str, nn.Parameter]:
-        """The architecture parameters by name, in a fixed order."""
-        return {name: getattr(self, name) for name in self._arch_names}
-
-    def arch_group(self, name: str) -> nn.Parameter:
-        return getattr(self, name)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.arch_groups().values())
-
-    def named_weights(self):
-        arch = {id(p) for p in self.arch_parameters()}
-        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
-
-    def weights(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weights()]
 
     @contextlib.contextmanager
     def recompute_disabled(self) -> Iterator[None]:

@@ -21,6 +21,7 @@ from torch import nn
 from ..arch_string import EDGES, NB201_PRIMITIVES, NODES, ArchGenotype, derive_arch
 from ..config import check_nb201_settings
 from ..registry import Registry
+from ..supernet import ArchParameters
 from . import SEARCH_SPACES
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class NB201SearchCell(nn.Module):
         return nodes[-1]
 
 
-class NB201Supernet(nn.Module):
+class NB201Supernet(ArchParameters, nn.Module):
     """The NAS-Bench-201 search network (xautodl's ``TinyNetworkDarts``/``TinyNetworkGDAS``): one
     (6, num_ops) ``alphas_cell`` shared by every cell; the cells' BN has no affine parameters (and
     keeps running statistics, which the end-of-epoch evaluation uses); stem, reduction blocks
@@ -164,22 +165,6 @@ class NB201Supernet(nn.Module):
     def node_slices() -> list[slice]:
         """The edges of each node, in edge order: node 1 has one, node 2 two, node 3 three."""
         return [slice(i * (i - 1) // 2, i * (i + 1) // 2) for i in range(1, NODES)]
-
-    def arch_groups(self) -> dict[str, nn.Parameter]:
-        return {name: getattr(self, name) for name in self._arch_names}
-
-    def arch_group(self, name: str) -> nn.Parameter:
-        return getattr(self, name)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.arch_groups().values())
-
-    def named_weights(self):
-        arch = {id(p) for p in self.arch_parameters()}
-        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
-
-    def weights(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_weights()]
 
     def recompute_disabled(self) -> contextlib.AbstractContextManager:
         """What the second-order step asks of a supernet; nothing is recomputed here anyway."""
