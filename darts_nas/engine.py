@@ -72,6 +72,14 @@ def _weight_pass(model: nn.Module, batch):
     """The search method's context for the weight step's forward pass (SDARTS perturbs there)."""
     method = getattr(model, "method", None)
     return contextlib.nullcontext() if method is None else method.weight_pass(model, batch)
+
+
+def _eval_pass(model: nn.Module):
+    """The search method's context for an evaluation (GDAS normalises with batch statistics)."""
+    method = getattr(model, "method", None)
+    return contextlib.nullcontext() if method is None else method.eval_pass(model)
+
+
 REPORT_SECONDS = 30.0
 """A progress line at least this often (seconds) within an epoch and during an evaluation."""
 
@@ -261,8 +269,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, speed=Non
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     start = last = time.perf_counter()
-    method = getattr(model, "method", None)  # a search method may evaluate its own way (GDAS)
-    with contextlib.nullcontext() if method is None else method.eval_pass(model):
+    with _eval_pass(model):
         for batch in loader:
             if log is not None and time.perf_counter() - last >= REPORT_SECONDS:
                 last = time.perf_counter()

@@ -285,8 +285,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         f"{resume_command(out)}", log.to_file)  # the command prints the stop line
     if config.early_stop == "es" and eigen_epochs and eigen_epochs[-1] == start_epoch:
         # stopped early before the run could finish: the rule fires again on the same eigenvalues
-        early_stop = es_stop(eigenvalues, eigen_epochs, config.es_start_epoch, config.es_window, config.es_delta,
-                             config.es_ratio)
+        early_stop = _es_stop(eigenvalues, eigen_epochs, config)
         if early_stop is not None:
             genotype = _genotype_of_epoch(out, early_stop[0], genotype)
     epoch = start_epoch - 1
@@ -324,8 +323,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             eigenvalues.append(hessian["value"])
             eigen_epochs.append(epoch + 1)
             if config.early_stop == "es":
-                early_stop = es_stop(eigenvalues, eigen_epochs, config.es_start_epoch, config.es_window,
-                                     config.es_delta, config.es_ratio)
+                early_stop = _es_stop(eigenvalues, eigen_epochs, config)
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
                   **diagnostics, "elapsed": time.perf_counter() - start}
@@ -384,6 +382,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
              f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
     return summary
+
+
+def _es_stop(eigenvalues: list[float], epochs: list[int], config: SearchConfig) -> tuple[int, float] | None:
+    """DARTS-ES (``--early-stop es``) with the run's constants, at the latest measurement."""
+    return es_stop(eigenvalues, epochs, config.es_start_epoch, config.es_window, config.es_delta, config.es_ratio)
 
 
 def _genotype_of_epoch(out, epoch: int, like):

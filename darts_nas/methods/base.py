@@ -56,6 +56,16 @@ class EdgePlan:
     edge_weights: torch.Tensor | None = None
 
 
+_SEED_STRIDE = 1_000_003  # a prime: (seed, draw) pairs map to distinct generator seeds
+
+
+def draw_generator(seed: int, draw: int, retry: int = 0) -> torch.Generator:
+    """A CPU generator for a method's random draw number ``draw`` of a run seeded with ``seed``
+    (``retry`` for a draw taken again): samples that are a pure function of (seed, draw), the same
+    on every device and every torchrun process, so that a checkpointed draw count resumes exactly."""
+    return torch.Generator().manual_seed((seed * _SEED_STRIDE + draw) % (2 ** 62) + retry * (2 ** 62))
+
+
 def node_slices(num_edges: int) -> list[slice]:
     """The edges of each intermediate node (node i, 0-based, has 2 + i inputs), in edge order."""
     slices, start, i = [], 0, 0

@@ -44,17 +44,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import METHODS, EdgePlan, Method
+from .base import METHODS, EdgePlan, Method, draw_generator
 
-_SEED_STRIDE = 1_000_003  # a prime: (seed, draw) pairs map to distinct generator seeds
 
 
 def gumbel_noise(shape: tuple[int, ...], seed: int, draw: int) -> torch.Tensor:
     """Gumbel(0, 1) noise ``-log(E)``, ``E ~ Exp(1)``, as float32 on the CPU: a pure function of
     ``(seed, draw)``; redrawn (with the next sub-seed) while any value is infinite."""
-    base = (seed * _SEED_STRIDE + draw) % (2 ** 62)
     for retry in range(100):
-        gen = torch.Generator().manual_seed(base + retry * (2 ** 62))
+        gen = draw_generator(seed, draw, retry)
         noise = -torch.empty(shape, dtype=torch.float32).exponential_(generator=gen).log()
         if bool(torch.isfinite(noise).all()):
             return noise

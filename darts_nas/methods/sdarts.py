@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import METHODS, EdgePlan, Method
+from .base import METHODS, EdgePlan, Method, draw_generator
 
-_SEED_STRIDE = 1_000_003
 
 
 def project_to_simplex(weights: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -46,7 +45,7 @@ def project_to_simplex(weights: torch.Tensor, clean: torch.Tensor) -> torch.Tens
 
 
 def uniform_noise(shape: tuple[int, ...], seed: int, draw: int, epsilon: float) -> torch.Tensor:
-    gen = torch.Generator().manual_seed((seed * _SEED_STRIDE + draw) % (2 ** 62))
+    gen = draw_generator(seed, draw)
     return (torch.rand(shape, generator=gen, dtype=torch.float32) * 2.0 - 1.0) * epsilon
 
 
