@@ -598,6 +598,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
     _add_seeds_flag(g)
+    g.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-validated evaluation: deal the train split into K stratified folds (seeded by "
+                        "--seed) and train K models, model i in <out>/fold-<i> on all folds but i, tested on fold i "
+                        "and on the test split; then <out>/summary.json holds the mean and sample std of the "
+                        "held-out accuracy and each fold's test accuracy (resumable as --seeds); needs --out")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
                    help="run directory (default: runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
@@ -655,8 +660,17 @@ def train_config_from_args(args: argparse.Namespace):
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
-        **_speed_settings(args),
+        folds=getattr(args, "folds", None), **_speed_settings(args),
     )
+
+
+def _over_folds(run, args: argparse.Namespace):
+    """``run``, or with ``--folds K`` a run of every fold followed by the aggregate (darts_nas.repeat)."""
+    if args.folds is None:
+        return run
+    from .repeat import run_folds
+
+    return lambda config, quiet=False, **kw: run_folds(run, config, quiet=quiet, **kw)
 
 
 @_one_line_on_interrupt
@@ -671,11 +685,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     run, FINISHED = train.run, train.FINISHED
     RESUMABLE_CHANGES, RESUME_LEARNING_RATES = train.RESUMABLE_CHANGES, train.RESUME_LEARNING_RATES
     given = _given_flags(build_train_parser, argv)
-    if args.seeds is not None and args.resume is not None:
-        print_error("--resume continues one run: to continue a --seeds run, run its command again")
+    if (args.seeds is not None or args.folds is not None) and args.resume is not None:
+        print_error("--resume continues one run: to continue a --seeds or --folds run, run its command again")
+        return 2
+    if args.seeds is not None and args.folds is not None:
+        print_error("--seeds and --folds both given: cross-validate with one seed per command (--seed S --folds K "
+                    "--out PARENT-S)")
         return 2
     if args.resume is None:
-        return _run(_over_seeds(run, args, "train", given), lambda: train_config_from_args(args), args.quiet)
+        return _run(_over_folds(_over_seeds(run, args, "train", given), args), lambda: train_config_from_args(args),
+                    args.quiet)
     return _run(run, lambda: resumed_config(args.resume, "train", given, train_config_from_args(args),
                                             FINISHED, RESUMABLE_CHANGES | RESUME_LEARNING_RATES),
                 args.quiet, resume_only=True)

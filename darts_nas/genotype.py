@@ -961,6 +961,20 @@ def load_cell(name: str) -> Genotype:
     return Genotype.load(cells_dir() / f"{key}.json")
 
 
+def published_results(name: str) -> list[dict[str, Any]]:
+    """The published results a cell of :func:`list_cells` carries (its file's ``published``: one
+    entry per dataset with test error, params, search cost and source); [] for any other spec."""
+    key = cell_key(name) if isinstance(name, str) else None
+    if key not in list_cells():
+        return []
+    try:
+        data = json.loads((cells_dir() / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return []
+    found = data.get("published") if isinstance(data, dict) else None
+    return [entry for entry in found if isinstance(entry, dict)] if isinstance(found, list) else []
+
+
 def resolve(spec: str | os.PathLike) -> Genotype:
     """A genotype from a command-line spec, tried in this order: a file (JSON, or genotype text in
     any form :func:`parse` reads), a directory holding ``genotype.json``, a cell name from
@@ -1011,5 +1025,6 @@ __all__ = [
     "list_cells",
     "load_cell",
     "parse",
+    "published_results",
     "resolve",
 ]

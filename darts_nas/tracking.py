@@ -433,7 +433,8 @@ class SearchBoard(_Board):
 TRAIN_SCALARS = (
     ("loss/train", "train_loss"), ("loss/test", "test_loss"), ("accuracy/train", "train_acc"),
     ("accuracy/test", "test_acc"), ("lr", "lr"), ("drop_path_prob", "drop_path_prob"),
-    ("throughput/images_per_s", "images_per_s"),
+    ("throughput/images_per_s", "images_per_s"), ("loss/heldout", "heldout_loss"),
+    ("accuracy/heldout", "heldout_acc"),  # --folds: the held-out fold
 )
 TRAIN_HPARAMS = ("cell", "protocol", "dataset", "network", "epochs", "batch_size", "init_channels", "layers",
                  "learning_rate", "lr_schedule", "learning_rate_min", "lr_decay", "momentum", "weight_decay",
