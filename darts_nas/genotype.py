@@ -838,46 +838,72 @@ def _edge_weights(alphas: Any, num_ops: int, name: str) -> list[list[float]]:
     return torch.softmax(t, dim=-1).tolist()
 
 
-def derive_cell(
-    alphas: Any, primitives: Sequence[str] = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
-) -> tuple[tuple[tuple[str, int], ...], int]:
-    """Discretise one cell's alphas (num_edges, len(primitives)) into ``(pairs, steps)``.
+def _is_per_edge(primitives: Any) -> bool:
+    """Whether ``primitives`` is one op list per edge rather than one list of op names."""
+    return (isinstance(primitives, Sequence) and not isinstance(primitives, str) and len(primitives) > 0
+            and all(isinstance(p, Sequence) and not isinstance(p, str) for p in primitives))
 
-    See :func:`derive` for the rule. ``edge_scale`` (num_edges,) multiplies each edge's weights
-    before the edges are ranked (PC-DARTS's normalised betas); it cannot change an edge's op.
+
+def _edge_primitives(primitives: Sequence[Sequence[str]], name: str) -> list[tuple[str, ...]]:
+    """Per-edge op lists, each checked, all of one length."""
+    rows = [_check_primitives(p) for p in primitives]
+    if len({len(r) for r in rows}) != 1:
+        raise GenotypeError(f"{name}: the per-edge op lists differ in length; every edge needs as many ops "
+                            f"as the alphas have columns")
+    return rows
+
+
+def derive_cell(
+    alphas: Any, primitives: Any = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
+) -> tuple[tuple[tuple[str, int], ...], int]:
+    """Discretise one cell's alphas (num_edges, num_ops) into ``(pairs, steps)``.
+
+    See :func:`derive` for the rule. ``primitives`` is the op list of every edge, or one list per
+    edge (column ``k`` of row ``e`` is op ``primitives[e][k]``); each edge's ``none`` (where it
+    has one) is left out of its ranking and its argmax. ``edge_scale`` (num_edges,) multiplies each
+    edge's weights before the edges are ranked (PC-DARTS's normalised betas); it cannot change an
+    edge's op.
     """
-    names = _check_primitives(primitives)
-    weights = _edge_weights(alphas, len(names), name)
+    if _is_per_edge(primitives):
+        per_edge = _edge_primitives(primitives, name)
+        weights = _edge_weights(alphas, len(per_edge[0]), name)
+        if len(per_edge) != len(weights):
+            raise GenotypeError(f"{name}: {len(per_edge)} per-edge op lists for {len(weights)} edges; give one per edge")
+    else:
+        names = _check_primitives(primitives)
+        weights = _edge_weights(alphas, len(names), name)
+        per_edge = [names] * len(weights)
     if edge_scale is not None:
         scale = torch.as_tensor(edge_scale).detach().double().cpu().reshape(-1).tolist()
         if len(scale) != len(weights):
             raise GenotypeError(f"{name}: {len(scale)} edge weights for {len(weights)} edges")
         weights = [[w * f for w in row] for row, f in zip(weights, scale)]
     steps = _steps_from_edges(len(weights), name)
-    none = names.index("none") if "none" in names else None
-    candidates = [k for k in range(len(names)) if k != none]
+    candidates = [[k for k in range(len(ops)) if ops[k] != "none"] for ops in per_edge]
 
     pairs: list[tuple[str, int]] = []
     start = 0
     for i in range(steps):
         rows = weights[start:start + 2 + i]  # node 2 + i's edges, from inputs 0 .. 1 + i
+        cands = candidates[start:start + 2 + i]
+        ops = per_edge[start:start + 2 + i]
         start += 2 + i
-        strength = [max(row[k] for k in candidates) for row in rows]
+        strength = [max(row[k] for k in c) for row, c in zip(rows, cands)]
         # Stable sort: among equally strong edges the lower input index comes first.
         ranked = sorted(range(len(rows)), key=strength.__getitem__, reverse=True)
         for j in ranked[:2]:
-            best = candidates[0]
-            for k in candidates[1:]:
+            best = cands[j][0]
+            for k in cands[j][1:]:
                 if rows[j][k] > rows[j][best]:  # strict: ties go to the earlier primitive
                     best = k
-            pairs.append((names[best], j))
+            pairs.append((ops[j][best], j))
     return tuple(pairs), steps
 
 
 def derive(
     alphas_normal: Any,
     alphas_reduce: Any,
-    primitives: Sequence[str] = PRIMITIVES,
+    primitives: Any = PRIMITIVES,
     multiplier: int | None = None,
     edge_scale: tuple[Any, Any] | None = None,
 ) -> Genotype:
@@ -899,10 +925,18 @@ def derive(
 
     ``edge_scale`` (normal, reduce), each None or (num_edges,): factors of each edge's weights
     for the ranking (PC-DARTS multiplies each edge's op weights by its normalised beta).
+
+    ``primitives`` may also be an edge-op table, ``{"normal": per-edge op lists, "reduce": ...}``
+    (RobustDARTS's spaces, pruned P-DARTS/DrNAS stages; :mod:`darts_nas.edge_ops`): each edge is
+    then read with its own ops, ``none`` excluded where the edge has it.
     """
     scale_normal, scale_reduce = edge_scale if edge_scale is not None else (None, None)
-    pairs_normal, steps_normal = derive_cell(alphas_normal, primitives, "alphas_normal", scale_normal)
-    pairs_reduce, steps_reduce = derive_cell(alphas_reduce, primitives, "alphas_reduce", scale_reduce)
+    if isinstance(primitives, Mapping):
+        normal_ops, reduce_ops = primitives["normal"], primitives["reduce"]
+    else:
+        normal_ops = reduce_ops = primitives
+    pairs_normal, steps_normal = derive_cell(alphas_normal, normal_ops, "alphas_normal", scale_normal)
+    pairs_reduce, steps_reduce = derive_cell(alphas_reduce, reduce_ops, "alphas_reduce", scale_reduce)
 
     def concat(steps: int) -> list[int]:
         m = steps if multiplier is None else _as_int(multiplier, "multiplier")

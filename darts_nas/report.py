@@ -216,7 +216,8 @@ def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
     if not history:
         return None
     cell_types = list(history[0]["alphas"])
-    ops = history[0].get("primitives") or [f"op {k}" for k in range(len(history[0]["alphas"][cell_types[0]][0]))]
+    edge_ops = history[0].get("edge_ops")  # per-edge candidate lists (darts_nas.edge_ops), else one shared list
+    shared = history[0].get("primitives") or [f"op {k}" for k in range(len(history[0]["alphas"][cell_types[0]][0]))]
     edges = max(len(history[0]["alphas"][t]) for t in cell_types)
     width, height = alphas_size(edges)
     height = height * len(cell_types) + ALPHA_LEGEND
@@ -224,18 +225,26 @@ def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
     rows_per_type = math.ceil(edges / ALPHA_COLUMNS)
     columns = min(edges, ALPHA_COLUMNS)
     epochs = [h["epoch"] for h in history]
+    # one colour per op name across every panel
+    all_ops = list(dict.fromkeys(op for t in cell_types for ops in edge_ops[t] for op in ops)) if edge_ops else \
+        list(shared)
     for t_index, cell_type in enumerate(cell_types):
         for e in range(len(history[0]["alphas"][cell_type])):
             ax = fig.add_subplot(rows_per_type * len(cell_types), columns,
                                  (t_index * rows_per_type + e // columns) * columns + e % columns + 1)
+            ops = edge_ops[cell_type][e] if edge_ops else shared
             for k, op in enumerate(ops):
-                ax.plot(epochs, [h["alphas"][cell_type][e][k] for h in history], marker=".", color=f"C{k % 10}",
+                colour = all_ops.index(op) if op in all_ops else k
+                ax.plot(epochs, [h["alphas"][cell_type][e][k] for h in history], marker=".", color=f"C{colour % 10}",
                         label=op)
             ax.set_title(f"{cell_type} edge {e}", fontsize=7)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.tick_params(labelsize=6)
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(ops), 8), fontsize=7)
+    legend: dict[str, Any] = {}
+    for ax in fig.axes:  # every op once, from whichever panel shows it
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=min(len(legend), 8), fontsize=7)
     fig.text(0.01, 1 - 12 / height, f"mixing weights per edge over the epochs: {label}", fontsize=8, va="top")
     fig.subplots_adjust(top=1 - ALPHA_LEGEND / height - 0.02, hspace=0.6, wspace=0.35, bottom=0.06,
                         left=0.04, right=0.99)
