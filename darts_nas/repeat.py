@@ -194,23 +194,29 @@ def _run_each(run: Callable[..., Any], config, unit: str, members: Sequence[int]
     if (parent / "config.json").exists():
         raise RunDirError(f"{parent} holds a single run (config.json): choose another --out for the {unit}s")
     ignore = _PER_RUN - {"seed"}
+    from .distributed import session
     from .runtime import settings_differences
 
-    for member in members:
-        this = config.replace(**{unit: member}, out=str(parent / f"{unit}-{member}"))
-        done = Path(this.out) / FINISHED[kind]
-        saved = _read_json(Path(this.out) / "config.json")
-        if done.exists() and isinstance(saved, dict) and isinstance(saved.get("config"), dict) and not this.overwrite:
-            wanted = {k: v for k, v in this.to_dict().items() if v is not None}  # None: resolved by the run
-            differences = settings_differences({k: v for k, v in saved["config"].items() if k in wanted}, wanted,
-                                               ignore)
-            if differences:
-                raise RunDirError(f"{this.out} holds a finished run with other settings ({'; '.join(differences)}): "
-                                  f"choose another --out, or pass --overwrite to run every {unit} again")
-            if not quiet:
-                print(f"{unit} {member}: {this.out} holds its finished run: skipped", flush=True)
-            continue
-        run(this, quiet=quiet, **({"resume_only": True} if resume_only else {}))
+    # Under torchrun one process group serves every run (each run's own session joins it): a group
+    # cannot be created again in the same processes once destroyed.
+    with session(getattr(config, "device", "auto")):
+        for member in members:
+            this = config.replace(**{unit: member}, out=str(parent / f"{unit}-{member}"))
+            done = Path(this.out) / FINISHED[kind]
+            saved = _read_json(Path(this.out) / "config.json")
+            if (done.exists() and isinstance(saved, dict) and isinstance(saved.get("config"), dict)
+                    and not this.overwrite):
+                wanted = {k: v for k, v in this.to_dict().items() if v is not None}  # None: resolved by the run
+                differences = settings_differences({k: v for k, v in saved["config"].items() if k in wanted},
+                                                   wanted, ignore)
+                if differences:
+                    raise RunDirError(f"{this.out} holds a finished run with other settings "
+                                      f"({'; '.join(differences)}): choose another --out, or pass --overwrite to "
+                                      f"run every {unit} again")
+                if not quiet:
+                    print(f"{unit} {member}: {this.out} holds its finished run: skipped", flush=True)
+                continue
+            run(this, quiet=quiet, **({"resume_only": True} if resume_only else {}))
     if os.environ.get("RANK", "0") != "0":
         return aggregate(parent)
     result = write_aggregate(parent)
