@@ -63,8 +63,12 @@ class BenchmarkScorer:
             self.last = None
             return {"benchmark_valid_acc": None, "benchmark_test_acc": None, "benchmark_index": None}
         self.last = result
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2f}%"
+
+        match = "" if result.get("match", "exact") == "exact" else ", an isomorphic cell's entry"
         warn(f"  benchmark ({self.dataset}, {result['hp']} epochs, mean of seeds {result['seeds']}): valid "
-             f"{result['valid_acc']:.2f}%  test {result['test_acc']:.2f}%  (index {result['index']})")
+             f"{pct(result['valid_acc'])}  test {pct(result['test_acc'])}  (index {result['index']}{match})")
         return {"benchmark_valid_acc": result["valid_acc"], "benchmark_test_acc": result["test_acc"],
                 "benchmark_index": result["index"]}
 

@@ -20,7 +20,6 @@ This module registers its datasets in :data:`darts_nas.data.DATASETS` when impor
 
 from __future__ import annotations
 
-import codecs
 import pickle
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .bench_files import latin1_encode
 from .data import DATASETS, DatasetInfo, _DatasetEntry, _fixed_info
 from .errors import DataError
 
@@ -46,14 +46,6 @@ IMAGENET16_FIX = ("point --data at the directory holding the ImageNet16 files tr
                   "val_data (the 16x16 downsampled ImageNet from image-net.org, as NAS-Bench-201 uses it)")
 
 
-def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as Python 3's pickle protocols 0-2 use it to store bytes: a str
-    encoded as latin-1, and nothing else (no other codec is ever needed, so none is reached)."""
-    if not isinstance(text, str) or encoding != "latin1" or errors != "strict":
-        raise pickle.UnpicklingError("_codecs.encode is accepted only for a str as latin1")
-    return codecs.encode(text, "latin1")
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     try:
         from numpy._core.multiarray import _reconstruct
@@ -62,7 +54,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
+        ("_codecs", "encode"): latin1_encode,
     }
     # The real files name numpy 1's module; numpy 2 writes (and aliases) numpy._core.
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
