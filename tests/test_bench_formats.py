@@ -343,3 +343,21 @@ def test_equivalent_strings_resolve_to_the_same_entry(tmp_path, capsys):
     assert full.query(ARCHS[1], "cifar10")["index"] == 1  # exact by default
     assert main(["query", str(tmp_path / "full.pth"), ARCHS[1], "--isomorphic"]) == 0
     assert json.loads(capsys.readouterr().out)["index"] == 0  # --isomorphic: the class's first entry
+
+
+def test_a_search_scores_its_cells_by_any_layout(tmp_path):
+    from types import SimpleNamespace
+
+    from darts_nas.bench_search import BenchmarkScorer
+
+    src = LAYOUTS["NAS-Bench-201-v1_0-e61699.pth"](tmp_path / "v1_0.pth", [0, 2])
+    build_index(src, tmp_path / "nb201.index")
+    for path in (src, tmp_path / "nb201.index"):
+        config = SimpleNamespace(benchmark=str(path), space="nas-bench-201", dataset="cifar100-xvalid",
+                                 benchmark_dataset=None)
+        scorer = BenchmarkScorer.from_config(config)
+        assert scorer.dataset == "cifar100"  # the halves of a test set are scored on their dataset
+        lines = []
+        fields = scorer.score(ARCHS[1], lines.append)  # not evaluated: its isomorphic entry answers
+        assert fields["benchmark_index"] == 0 and "an isomorphic cell's entry" in lines[0]
+        assert fields["benchmark_test_acc"] == pytest.approx(expected(0, "cifar100", "200")[1])
