@@ -46,7 +46,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class _SkippedTensor:
-    """Stands in for a tensor of a ``.pth`` file (model weights): never loaded, never needed."""
+    """Stands in for a tensor of a ``.pth`` file (model weights): never loaded, never needed.
+    No ``__dict__``: a file cannot set attributes on the shared instance."""
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return "<tensor not loaded>"

@@ -176,8 +176,8 @@ DATASETS.register(
 # --- cifar10-valid: the two halves of CIFAR-10's training set --------------------------------
 
 CIFAR10_VALID_NOTE = (
-    "the train split is images 0..24,999 of CIFAR-10's training set (data_batch_1..5 in order), the test "
-    "split images 25,000..49,999; NAS-Bench-201 splits by its own index list (cifar-split.txt), which may differ"
+    "with NAS-Bench-201's cifar-split.txt in --data, its train and valid index lists of CIFAR-10's training set; "
+    "without it, images 0..24,999 (data_batch_1..5 in order) and 25,000..49,999"
 )
 
 
@@ -203,10 +203,17 @@ class _Part(Dataset):
         return image, label
 
 
+CIFAR10_SPLIT_FILE = "cifar-split.txt"
+
+
 def _build_cifar10_valid(root, train, download, image_size, transform):
-    # The first half of the training set is the train split, the second half the test split
-    # (an odd count gives the extra image to the second half).
+    # With the benchmark's cifar-split.txt in --data: its "train" and "valid" index lists of the
+    # training set. Without it: the first half of the training set is the train split, the second
+    # half the test split (an odd count gives the extra image to the second half).
     full = DATASETS.get("cifar10").build(root, True, download, image_size, None)
+    if root is not None and (Path(root) / CIFAR10_SPLIT_FILE).is_file():
+        parts = read_split_file(Path(root) / CIFAR10_SPLIT_FILE, len(full), ("train", "valid"))
+        return _Part(full, parts["train"] if train else parts["valid"], transform)
     half = len(full) // 2
     return _Part(full, range(half), transform) if train else _Part(full, range(half, len(full)), transform)
 
@@ -232,22 +239,22 @@ TEST_SPLIT_FILES = {"cifar100": "cifar100-test-split.txt", "imagenet16-120": "im
 HALVES = {"xvalid": "x-valid", "xtest": "x-test"}
 
 
-def read_test_split(path: Path, test_size: int) -> dict[str, list[int]]:
-    """``{"xvalid": [...], "xtest": [...]}`` from a NAS-Bench-201 split file: a JSON object whose
-    ``xvalid`` and ``xtest`` are AutoDL config values ``["int", [indices]]`` (a plain list is also
-    taken), read as JSON (the official code ``eval``s it; nothing is evaluated here) and checked:
-    integers within the test set, no index twice, the halves disjoint."""
+def read_split_file(path: Path, size: int, keys: Sequence[str] = tuple(HALVES)) -> dict[str, list[int]]:
+    """``{key: [indices]}`` from a NAS-Bench-201 split file: a JSON object whose ``keys`` are AutoDL
+    config values ``["int", [indices]]`` (a plain list is also taken), read as JSON (the official
+    code ``eval``s it; nothing is evaluated here) and checked: integers within the ``size`` images
+    split, no index twice, the parts disjoint."""
     fix = (f"copy {path.name} from AutoDL-Projects' configs/nas-benchmark/ (the NAS-Bench-201 split files) "
            f"into the --data directory {path.parent}")
     if not path.is_file():
-        raise DataError(f"{path} does not exist: the benchmark's x-valid/x-test halves are listed in it; {fix}")
+        raise DataError(f"{path} does not exist: the benchmark's {'/'.join(keys)} parts are listed in it; {fix}")
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is not a NAS-Bench-201 split file ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0]}): {fix}") from None
-    halves: dict[str, list[int]] = {}
-    for key in HALVES:
+    parts: dict[str, list[int]] = {}
+    for key in keys:
         value = raw.get(key) if isinstance(raw, dict) else None
         if isinstance(value, list) and len(value) == 2 and value[0] == "int" and isinstance(value[1], list):
             value = value[1]  # AutoDL's [type, value] config entry
@@ -257,13 +264,16 @@ def read_test_split(path: Path, test_size: int) -> dict[str, list[int]]:
             indices = None
         if not indices:
             raise DataError(f"{path} holds no list of {key} indices: {fix}")
-        if len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= test_size:
-            raise DataError(f"{path}: the {key} indices repeat or fall outside the {test_size} test images: the file "
-                            f"belongs to another dataset or is damaged; {fix}")
-        halves[key] = indices
-    if set(halves["xvalid"]) & set(halves["xtest"]):
-        raise DataError(f"{path}: the xvalid and xtest halves share images: {fix}")
-    return halves
+        if len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= size:
+            raise DataError(f"{path}: the {key} indices repeat or fall outside the {size} images they split: the "
+                            f"file belongs to another dataset or is damaged; {fix}")
+        parts[key] = indices
+    seen: set[int] = set()
+    for key in keys:
+        if seen & set(parts[key]):
+            raise DataError(f"{path}: the {' and '.join(keys)} parts share images: {fix}")
+        seen |= set(parts[key])
+    return parts
 
 
 def _register_test_half(base: str, half: str) -> None:
@@ -279,7 +289,7 @@ def _register_test_half(base: str, half: str) -> None:
         if root is None:
             raise ConfigError(f"{base}-{half} needs --data: the directory of {base} and {TEST_SPLIT_FILES[base]}")
         test = entry.build(root, False, download, image_size, None)
-        indices = read_test_split(Path(root) / TEST_SPLIT_FILES[base], len(test))[half]
+        indices = read_split_file(Path(root) / TEST_SPLIT_FILES[base], len(test))[half]
         return _Part(test, indices, transform)
 
     def info(root, image_size):

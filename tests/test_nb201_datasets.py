@@ -193,6 +193,19 @@ def test_cifar10_valid_splits_the_training_set_in_two_halves_by_index(cifar10):
             assert np.array_equal(np.asarray(image), images[k]) and label == labels[k]
 
 
+def test_cifar10_valid_follows_the_benchmarks_split_file_when_given(cifar10):
+    root, written = cifar10
+    images, labels = written["train"]
+    (root / "cifar-split.txt").write_text(json.dumps({"train": ["int", [9, 0, 4]], "valid": ["int", [1, 8]]}))
+    for split, picked in (("train", [9, 0, 4]), ("test", [1, 8])):
+        dataset, _ = load_dataset("cifar10-valid", root, split)
+        assert [int(dataset[i][1]) for i in range(len(dataset))] == [labels[k] for k in picked]
+        assert all(np.array_equal(np.asarray(dataset[i][0]), images[k]) for i, k in enumerate(picked))
+    (root / "cifar-split.txt").write_text(json.dumps({"train": ["int", [1, 2]], "valid": ["int", [2, 3]]}))
+    with pytest.raises(DataError, match="the train and valid parts share images: copy cifar-split.txt"):
+        load_dataset("cifar10-valid", root, "train")
+
+
 def test_cifar10_valid_search_uses_the_halves_and_retraining_tests_on_the_second(cifar10):
     root, written = cifar10
     images, _ = written["train"]
@@ -277,11 +290,11 @@ def test_imagenet16_halves_follow_the_split_file(imagenet16):
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "does not exist: the benchmark's x-valid/x-test halves are listed in it; copy cifar100-test-split.txt"),
+    (None, "does not exist: the benchmark's xvalid/xtest parts are listed in it; copy cifar100-test-split.txt"),
     ("{'xvalid': [1]}", "is not a NAS-Bench-201 split file (JSONDecodeError"),
     (json.dumps({"xvalid": ["int", [1]]}), "holds no list of xtest indices"),
-    (json.dumps({"xvalid": ["int", [1, 9]], "xtest": ["int", [0]]}), "fall outside the 4 test images"),
-    (json.dumps({"xvalid": [1, 2], "xtest": [2, 3]}), "the xvalid and xtest halves share images"),
+    (json.dumps({"xvalid": ["int", [1, 9]], "xtest": ["int", [0]]}), "fall outside the 4 images they split"),
+    (json.dumps({"xvalid": [1, 2], "xtest": [2, 3]}), "the xvalid and xtest parts share images"),
 ])
 def test_bad_split_files_get_one_line_naming_the_fix(cifar100, content, message):
     root, _ = cifar100
