@@ -361,3 +361,31 @@ def test_a_search_scores_its_cells_by_any_layout(tmp_path):
         fields = scorer.score(ARCHS[1], lines.append)  # not evaluated: its isomorphic entry answers
         assert fields["benchmark_index"] == 0 and "an isomorphic cell's entry" in lines[0]
         assert fields["benchmark_test_acc"] == pytest.approx(expected(0, "cifar100", "200")[1])
+
+
+def test_the_real_records_in_every_layout_give_the_published_numbers(tmp_path):
+    from darts_nas.bench_files import load_pickle
+
+    try:
+        from test_nas_bench_201 import GOLDEN, SAMPLE_ARCHS
+    except ImportError:
+        from tests.test_nas_bench_201 import GOLDEN, SAMPLE_ARCHS
+    sample = sample_dir()
+    archs = load_pickle(sample / "meta.pickle.pbz2")["meta_archs"]
+    records = {i: load_pickle(sample / f"{i:06d}.pickle.pbz2") for i in SAMPLE_ARCHS}
+    nb201 = {"meta_archs": archs, "evaluated_indexes": set(records),
+             "arch2infos": {i: {"less": r["12"], "full": r["200"]} for i, r in records.items()}}
+    nats = {"meta_archs": archs, "evaluated_indexes": set(records), "arch2infos": records}
+    paths = [write(tmp_path / "v1_0.pth", "legacy", nb201), write(tmp_path / "v1_1.pth", "zip", nb201),
+             write(tmp_path / "tss.pickle.pbz2", "bz2", nats)]
+    build_index(paths[1], tmp_path / "nb201.index")
+    for path in paths + [tmp_path / "nb201.index"]:
+        bench = open_benchmark(path)
+        for (index, dataset), (valid, test) in GOLDEN.items():
+            r = bench.query(SAMPLE_ARCHS[index], dataset)
+            assert (r["index"], r["seeds"]) == (index, [777, 888, 999])
+            assert (round(r["valid_acc"], 2), round(r["test_acc"], 2)) == (valid, test), (path, index, dataset)
+        assert bench.query(SAMPLE_ARCHS[11], "cifar10")["params"] == pytest.approx(0.802426)
+        with pytest.raises(BenchmarkError, match="has no record of architecture 1835"):  # the all-skip cell
+            bench.query("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|"
+                        "skip_connect~2|", "cifar10")
