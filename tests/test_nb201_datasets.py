@@ -306,3 +306,18 @@ def test_bad_split_files_get_one_line_naming_the_fix(cifar100, content, message)
     with pytest.raises(DataError) as exc:
         load_dataset("cifar100-xvalid", root, "test")
     assert message in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_cifar100_halves_run_both_scripts(cifar100, tmp_path):
+    root, _ = cifar100
+    out = tmp_path / "search"
+    assert search_main(["--dataset", "cifar100-xvalid", "--data", str(root), "--space", "nas-bench-201",
+                        "--init-channels", "4", "--layers", "3", "--batch-size", "2", "--epochs", "1",
+                        "--steps-per-epoch", "1", "--quiet", "--no-tensorboard", "--device", "cpu",
+                        "--out", str(out)]) == 0
+    arch = json.loads((out / "genotype.json").read_text())["arch"]
+    train = tmp_path / "train"
+    assert train_main(["--dataset", "cifar100-xtest", "--data", str(root), "--space", "nas-bench-201",
+                       "--cell", arch, "--epochs", "1", "--batch-size", "4", "--init-channels", "4", "--layers", "3",
+                       "--quiet", "--no-tensorboard", "--device", "cpu", "--out", str(train)]) == 0
+    assert json.loads((train / "config.json").read_text())["config"]["dataset"] == "cifar100-xtest"
