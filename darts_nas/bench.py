@@ -22,6 +22,8 @@ run (``ori-test``) and, as the papers do, the validation accuracy of the ``cifar
 and ``ImageNet16-120`` report ``x-valid`` and ``x-test``, the two halves of their test set.
 ``train_time`` is the recorded training time (s, all epochs, mean over seeds) of the runs the
 validation accuracy comes from and ``valid_time`` the time of one evaluation on its validation set.
+``per_seed`` holds each seed's accuracies and times (the official API's ``is_random=True`` draws
+one seed's), keyed by the seed as text.
 
 Isomorphic cells: the benchmark trained each of the 15,625 strings, equivalent ones included, and
 its API looks strings up exactly; so does :meth:`Benchmark.query`. Every answer carries
@@ -51,7 +53,8 @@ HPS = ("12", "200")
 HP_NAMES = {"less": "12", "full": "200", "12": "12", "200": "200"}
 META = "meta.pickle.pbz2"
 # What one answer holds beyond index/arch/dataset/hp (the index stores exactly these).
-SUMMARY_FIELDS = ("seeds", "valid_acc", "test_acc", "params", "flop", "train_time", "valid_time")
+SUMMARY_FIELDS = ("seeds", "valid_acc", "test_acc", "params", "flop", "train_time", "valid_time", "per_seed")
+JSON_FIELDS = ("seeds", "per_seed")  # the index stores these as JSON text
 FULL_FILES = ("NAS-Bench-201-v1_1-096897.pth, NAS-Bench-201-v1_0-e61699.pth, NATS-tss-v1_0-3ffb9.pickle.pbz2 or "
               "the NATS-tss-v1_0-3ffb9-simple directory")
 
@@ -84,8 +87,8 @@ def summarize(results: Mapping[str, Any], dataset: str, hp: str, index: int) -> 
         seeds_of = results["dataset_seed"]
         all_results = results["all_results"]
 
-        def runs(name: str) -> list[Mapping[str, Any]]:
-            return [all_results[(name, seed)] for seed in seeds_of.get(name) or []]
+        def runs(name: str) -> list[tuple[int, Mapping[str, Any]]]:
+            return [(int(seed), all_results[(name, seed)]) for seed in seeds_of.get(name) or []]
 
         own = runs(dataset)
         if not own:
@@ -95,24 +98,34 @@ def summarize(results: Mapping[str, Any], dataset: str, hp: str, index: int) -> 
         test_split = "ori-test" if dataset in ("cifar10", "cifar10-valid") else "x-test"
 
         def last(run: Mapping[str, Any], table: str, split: str) -> float | None:
-            value = run[table].get(f"{split}@{run['epochs'] - 1}")
+            value = (run.get(table) or {}).get(f"{split}@{run['epochs'] - 1}")
             return None if value is None else _number(value, f"{table}[{split}] of architecture {index}")
 
-        def average(values: list[float | None]) -> float | None:
-            values = [v for v in values if v is not None]
-            return mean(values) if values else None
+        def train_time(run: Mapping[str, Any]) -> float | None:
+            times = run.get("train_times")
+            return sum(_number(t, f"train_times of architecture {index}") for t in times.values()) if times else None
 
-        first = own[0]
+        # per seed (the official API's is_random=True picks one of these), then their means
+        per_seed = {"valid_acc": {seed: last(r, "eval_acc1es", "x-valid") for seed, r in valid_runs},
+                    "test_acc": {seed: last(r, "eval_acc1es", test_split) for seed, r in own},
+                    "train_time": {seed: train_time(r) for seed, r in valid_runs},
+                    "valid_time": {seed: last(r, "eval_times", "x-valid") for seed, r in valid_runs}}
+
+        def average(values: Mapping[int, float | None]) -> float | None:
+            known = [v for v in values.values() if v is not None]
+            return mean(known) if known else None
+
+        first = own[0][1]
         return {
-            "seeds": [int(s) for s in seeds_of[dataset]],
-            "valid_acc": average([last(r, "eval_acc1es", "x-valid") for r in valid_runs]),
-            "test_acc": average([last(r, "eval_acc1es", test_split) for r in own]),
+            "seeds": [seed for seed, _ in own],
+            "valid_acc": average(per_seed["valid_acc"]),
+            "test_acc": average(per_seed["test_acc"]),
             "params": _number(first["params"], f"params of architecture {index}"),
             "flop": _number(first["flop"], f"flop of architecture {index}"),
-            "train_time": average([sum(_number(t, "train_times") for t in r["train_times"].values())
-                                   if r.get("train_times") else None for r in valid_runs]),
-            "valid_time": average([last(r, "eval_times", "x-valid") if r.get("eval_times") else None
-                                   for r in valid_runs]),
+            "train_time": average(per_seed["train_time"]),
+            "valid_time": average(per_seed["valid_time"]),
+            # JSON keys are strings: the seeds are written as text here and everywhere
+            "per_seed": {k: {str(seed): v for seed, v in values.items()} for k, values in per_seed.items()},
         }
     except BenchmarkError:
         raise

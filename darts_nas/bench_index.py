@@ -4,7 +4,7 @@ The NB201 v1_1 file is 4.7 GB and must be unpickled whole (the official API need
 the NATS directory costs a file read per architecture. The index is a SQLite file holding, per
 architecture, its string and isomorphism class, and per (architecture, hp, dataset) exactly what a
 query answers (:data:`darts_nas.bench.SUMMARY_FIELDS`: mean valid/test accuracy over the seeds,
-the seeds, params, FLOPs, training and validation time), for both the 12- and the 200-epoch
+the seeds, params, FLOPs, training and validation time, and each seed's values), for both the 12- and the 200-epoch
 results. A lookup reads one row through SQLite's B-tree: opening and querying take milliseconds
 and a few hundred KB, whatever the benchmark's size. ``--benchmark`` and ``darts-bench query``
 accept it like any other layout and give the same answers (a test checks they are equal).
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .arch_string import isomorphism_key
-from .bench import DATASETS, HPS, SUMMARY_FIELDS, Benchmark, _ArchList, open_benchmark, summarize
+from .bench import DATASETS, HPS, JSON_FIELDS, SUMMARY_FIELDS, Benchmark, _ArchList, open_benchmark, summarize
 from .errors import BenchmarkError
 
 FORMAT = "darts-nas benchmark index 1"
@@ -30,7 +30,7 @@ CREATE TABLE archs (idx INTEGER PRIMARY KEY, arch TEXT NOT NULL UNIQUE, unique_i
 CREATE INDEX archs_unique ON archs (unique_id);
 CREATE TABLE results (idx INTEGER NOT NULL, hp TEXT NOT NULL, dataset TEXT NOT NULL, seeds TEXT NOT NULL,
                       valid_acc REAL, test_acc REAL, params REAL, flop REAL, train_time REAL, valid_time REAL,
-                      PRIMARY KEY (idx, hp, dataset)) WITHOUT ROWID;
+                      per_seed TEXT NOT NULL, PRIMARY KEY (idx, hp, dataset)) WITHOUT ROWID;
 """
 
 
@@ -68,9 +68,9 @@ def build_index(src: str | Path, dst: str | Path, progress: Callable[[str], None
                             if "was not evaluated on" in str(exc):
                                 continue  # e.g. a 12-epoch record without cifar10-valid runs
                             raise
-                        con.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                    (i, hp, dataset, json.dumps(s["seeds"]),
-                                     *(s[k] for k in SUMMARY_FIELDS[1:])))
+                        con.execute(f"INSERT INTO results VALUES (?, ?, ?{', ?' * len(SUMMARY_FIELDS)})",
+                                    (i, hp, dataset, *(json.dumps(s[k]) if k in JSON_FIELDS else s[k]
+                                                       for k in SUMMARY_FIELDS)))
                         rows += 1
             if progress and (i + 1) % 1000 == 0:
                 progress(f"indexed {i + 1:,} of {len(archs):,} architectures")
@@ -135,4 +135,4 @@ class BenchmarkIndex(Benchmark):
             done = [d for (d,) in self.con.execute("SELECT dataset FROM results WHERE idx = ? AND hp = ?", (index, hp))]
             raise BenchmarkError(f"architecture {index} was not evaluated on {dataset} at {hp} epochs (it was on: "
                                  f"{', '.join(done) or 'nothing'})")
-        return {"seeds": json.loads(row[0]), **dict(zip(SUMMARY_FIELDS[1:], row[1:]))}
+        return {k: json.loads(v) if k in JSON_FIELDS else v for k, v in zip(SUMMARY_FIELDS, row)}

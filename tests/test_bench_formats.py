@@ -140,6 +140,12 @@ def test_every_layout_answers_with_the_benchmarks_numbers(tmp_path, name):
                 assert r["flop"] == 10.0 + index
                 # the runs the valid accuracy comes from: every epoch's training time, one validation pass
                 assert r["train_time"] == pytest.approx(EPOCHS[hp] * (2.0 + index)) and r["valid_time"] == 0.5
+                # each seed's numbers (the official API's is_random=True draws one of them)
+                test_split = "ori-test" if dataset in ("cifar10", "cifar10-valid") else "x-test"
+                assert r["per_seed"]["test_acc"] == pytest.approx(
+                    {str(s): accuracy(index, dataset, hp, s, test_split) for s in SEEDS[hp][dataset]})
+                valid_set = "cifar10-valid" if dataset == "cifar10" else dataset
+                assert list(r["per_seed"]["valid_acc"]) == [str(s) for s in SEEDS[hp][valid_set]]
 
 
 def test_a_tensor_in_a_pth_is_skipped_never_loaded(tmp_path):
