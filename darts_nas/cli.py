@@ -76,8 +76,10 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
                         "subfolders of images), digits (scikit-learn's 8x8 digits, no download), "
-                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes) or cifar10-valid "
-                        "(CIFAR-10's training set: first half for the weights, second for the alphas)")
+                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes), cifar10-valid "
+                        "(CIFAR-10's training set: first half for the weights, second for the alphas), or "
+                        "cifar100-xvalid / imagenet16-120-xvalid (the training set for the weights, the benchmark's "
+                        "x-valid half of the test set for the alphas; the split file goes in --data)")
     g.add_argument("--data", default=d.data, help="directory that holds the dataset (for folder: the image directory)")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=d.image_size,
@@ -87,7 +89,8 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
     g.add_argument("--benchmark", default=None, metavar="PATH",
                    help="with --space nas-bench-201: look up the derived cell after every epoch in this NAS-Bench-201 "
-                        "data (the NATS-Bench topology directory NATS-tss-v1_0-3ffb9-simple) and record its 200-epoch "
+                        "data (NAS-Bench-201-v1_[01]-*.pth, NATS-tss-v1_0-3ffb9.pickle.pbz2, the directory "
+                        "NATS-tss-v1_0-3ffb9-simple, or an index from 'darts-bench index') and record its 200-epoch "
                         "accuracies in metrics.jsonl, TensorBoard and summary.json")
     g.add_argument("--benchmark-dataset", default=None, metavar="NAME",
                    help="the benchmark's dataset to score by (cifar10, cifar10-valid, cifar100, ImageNet16-120); "
@@ -557,7 +560,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None,
                    help="cifar10 (cifar protocol), imagenet (imagenet protocol: train/ and val/ class folders), "
                         "cifar100, mnist, fashion-mnist, svhn, folder, digits, imagenet16-120, cifar10-valid (trains "
-                        "on the first half of CIFAR-10's training set, tests on the second)")
+                        "on the first half of CIFAR-10's training set, tests on the second), cifar100-xvalid, "
+                        "cifar100-xtest, imagenet16-120-xvalid, imagenet16-120-xtest (trains on the training set, "
+                        "tests on the benchmark's x-valid or x-test half of the test set)")
     g.add_argument("--data", default="data", help="directory that holds the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=None,
