@@ -96,7 +96,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=d.space,
                    help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
-                        "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section)")
+                        "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section), or "
+                        "RobustDARTS's s1, s2, s3, s4 (the DARTS cell, each edge its own published ops; s4 has the "
+                        "noise op; see the README's RobustDARTS section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
                    help="channels of the first cell (C)")
     g.add_argument("--layers", type=int, default=None,

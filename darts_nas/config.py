@@ -13,7 +13,7 @@ from typing import Any
 
 from .arch_string import NB201_PRIMITIVES, SPACE
 from .errors import ConfigError
-from .primitives import PRIMITIVES  # not .genotype: the parsers' --help must not import torch
+from .primitives import PRIMITIVES, ROBUST_DARTS_SPACES  # not .genotype: --help must not import torch
 
 
 class _Settings:
@@ -94,7 +94,22 @@ SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
     # the benchmark's supernet: 3 stages of 5 cells, 3 nodes after the input, its 5 ops
     SPACE: {"layers": 15, "nodes": 3, "primitives": NB201_PRIMITIVES},
+    # RobustDARTS's S1-S4: the DARTS cell, each edge its own published ops; "primitives" is every op
+    # the space offers somewhere (for the record: the supernet takes the per-edge lists)
+    **{name: {"layers": 8, "nodes": 4, "primitives": tuple(dict.fromkeys(
+        op for edges in table.values() for ops in edges for op in ops))}
+       for name, table in ROBUST_DARTS_SPACES.items()},
 }
+
+
+def check_robust_darts_settings(space: str, nodes: int, primitives: tuple[str, ...]) -> None:
+    """RobustDARTS's spaces fix the cell's 14 edges and each edge's ops (one line naming the fix)."""
+    if nodes != 4:
+        raise ConfigError(f"--space {space} lists ops for the 14 edges of a 4-node DARTS cell, not --nodes {nodes}: "
+                          f"drop --nodes")
+    if tuple(primitives) != SPACE_DEFAULTS[space]["primitives"]:
+        raise ConfigError(f"--space {space} gives each edge its published ops (RobustDARTS); --ops cannot change "
+                          f"them: drop --ops (or use --space darts for one op list on every edge)")
 
 
 def check_nb201_settings(layers: int, nodes: int, primitives: tuple[str, ...]) -> None:
@@ -247,6 +262,8 @@ class SearchConfig(_Settings):
         if self.nesterov and self.unrolled:
             raise ConfigError("--unrolled takes its virtual step with plain momentum SGD, not Nesterov's: drop "
                               "--nesterov or --unrolled")
+        if self.space in ROBUST_DARTS_SPACES:
+            check_robust_darts_settings(self.space, self.nodes, self.primitives)
         if self.space == SPACE:
             check_nb201_settings(self.layers, self.nodes, self.primitives)
             if self.recompute:
