@@ -178,9 +178,11 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "architecture-half loss with respect to the architecture parameters (RobustDARTS); 0: never")
     g.add_argument("--hessian-batches", type=int, default=d.hessian_batches, metavar="B",
                    help="architecture-half batches the Hessian is taken over")
-    g.add_argument("--early-stop", choices=["es"], default=None,
+    g.add_argument("--early-stop", choices=["es", "ada"], default=None,
                    help="es: stop when RobustDARTS's DARTS-ES rule fires on the eigenvalues (needs --hessian-every) "
-                        "and return the genotype of the epoch it points back to")
+                        "and return the genotype of the epoch it points back to; ada (DARTS-ADA): when it fires, roll "
+                        "back to that epoch's checkpoint, multiply --weight-decay by --ada-factor and go on, while the "
+                        "weight decay stays at most --ada-max-weight-decay")
     g.add_argument("--es-start-epoch", type=int, default=d.es_start_epoch,
                    help="DARTS-ES: the earlier local average must end at this epoch or later")
     g.add_argument("--es-window", type=int, default=d.es_window, help="DARTS-ES: measurements per local average")
@@ -188,6 +190,10 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="DARTS-ES: measurements between the two local averages compared")
     g.add_argument("--es-ratio", type=float, default=d.es_ratio,
                    help="DARTS-ES: stop when the later average exceeds the earlier by this factor")
+    g.add_argument("--ada-factor", type=float, default=d.ada_factor,
+                   help="DARTS-ADA: the weight decay's factor at each rollback (RobustDARTS's ADA script: 10)")
+    g.add_argument("--ada-max-weight-decay", type=float, default=d.ada_max_weight_decay,
+                   help="DARTS-ADA: the largest weight decay it raises to (RobustDARTS's ADA script: 0.03)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
@@ -271,7 +277,8 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
         drnas_reg_scale=args.drnas_reg_scale, hessian_every=args.hessian_every,
         hessian_batches=args.hessian_batches, early_stop=args.early_stop, es_start_epoch=args.es_start_epoch,
-        es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, seed=args.seed, device=args.device, out=args.out,
+        es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, ada_factor=args.ada_factor,
+        ada_max_weight_decay=args.ada_max_weight_decay, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,

@@ -89,6 +89,9 @@ def _check_checkpoint_intervals(settings) -> None:
         raise ConfigError(f"--checkpoint-minutes must be a positive number of minutes, got {minutes}")
 
 
+# DARTS-ADA's weight decay may reach its maximum up to floating-point rounding (3e-4 x 10 x 10 > 0.03 in floats).
+ADA_SLACK = 1 + 1e-9
+
 # What a search space's settings are when not given: --layers (cells), --nodes, --ops.
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
@@ -180,6 +183,11 @@ class SearchConfig(_Settings):
     es_window: int = 5  # DARTS-ES: measurements per local average
     es_delta: int = 4  # DARTS-ES: measurements between the two local averages compared
     es_ratio: float = 1.3  # DARTS-ES: stop when the later average exceeds the earlier by this factor
+    # DARTS-ADA (--early-stop ada): when the ES rule fires, roll back to the epoch it points to, multiply the
+    # weights' weight decay by ada_factor and go on, while it stays at most ada_max_weight_decay (RobustDARTS's
+    # scripts/DARTS-ADA_search.sh: x10 up to 0.03; their argument defaults are x3 up to 2.43e-2)
+    ada_factor: float = 10.0
+    ada_max_weight_decay: float = 0.03
     # run
     seed: int = 2
     device: str = "auto"
@@ -222,10 +230,17 @@ class SearchConfig(_Settings):
             raise ConfigError(f"--hessian-every must be 0 (never) or a number of epochs, got {self.hessian_every}")
         if self.hessian_batches < 1:
             raise ConfigError(f"--hessian-batches must be at least 1, got {self.hessian_batches}")
-        if self.early_stop not in (None, "es"):
-            raise ConfigError(f"--early-stop must be es, got {self.early_stop!r}")
-        if self.early_stop == "es" and not self.hessian_every:
-            raise ConfigError("--early-stop es watches the Hessian's eigenvalue: add --hessian-every N (RobustDARTS "
+        if self.early_stop not in (None, "es", "ada"):
+            raise ConfigError(f"--early-stop must be es or ada, got {self.early_stop!r}")
+        if self.early_stop == "ada":
+            if not self.ada_factor > 1:
+                raise ConfigError(f"--ada-factor must be above 1 (RobustDARTS: 10), got {self.ada_factor}")
+            if not self.weight_decay > 0 or self.weight_decay * self.ada_factor > self.ada_max_weight_decay * ADA_SLACK:
+                raise ConfigError(f"--early-stop ada could never raise --weight-decay {self.weight_decay:g}: it must be "
+                                  f"positive and {self.weight_decay:g} x {self.ada_factor:g} at most "
+                                  f"--ada-max-weight-decay {self.ada_max_weight_decay:g}; raise the maximum")
+        if self.early_stop and not self.hessian_every:
+            raise ConfigError(f"--early-stop {self.early_stop} watches the Hessian's eigenvalue: add --hessian-every N (RobustDARTS "
                               "measures every 2 epochs)")
         for name in ("es_window", "es_delta"):
             if getattr(self, name) < 1:
@@ -286,6 +301,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
+    "ada_factor": 10.0, "ada_max_weight_decay": 0.03,
     "benchmark": None, "benchmark_dataset": None,
 }
 
