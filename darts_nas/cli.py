@@ -85,6 +85,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument(*_flag("--train-portion", "--train_portion"), type=float, default=d.train_portion,
                    help="share of the training images used for the weights; the rest train the alphas")
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
+    g.add_argument("--cutout", type=int, default=d.cutout, metavar="PIXELS",
+                   help="cutout of this length in the search-time augmentation of both halves; 0: none (DARTS; "
+                        "RobustDARTS searches with 16)")
     g.add_argument("--benchmark", default=None, metavar="PATH",
                    help="with --space nas-bench-201: look up the derived cell after every epoch in this NAS-Bench-201 "
                         "data (the NATS-Bench topology directory NATS-tss-v1_0-3ffb9-simple) and record its 200-epoch "
@@ -120,7 +123,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "drnas (Dirichlet mixing weights)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, robust-darts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -278,7 +281,7 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         drnas_reg_scale=args.drnas_reg_scale, hessian_every=args.hessian_every,
         hessian_batches=args.hessian_batches, early_stop=args.early_stop, es_start_epoch=args.es_start_epoch,
         es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, ada_factor=args.ada_factor,
-        ada_max_weight_decay=args.ada_max_weight_decay, seed=args.seed, device=args.device, out=args.out,
+        ada_max_weight_decay=args.ada_max_weight_decay, cutout=args.cutout, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
@@ -305,7 +308,8 @@ def describe_presets() -> str:
         settings = ", ".join(f"{k}={v}" for k, v in sorted(p["settings"].items()))
         pub = p.get("published") or {}
         published = (f"\n  published: {pub.get('test_error')}% test error on {pub.get('dataset')}, "
-                     f"{pub.get('params_m')} M params ({pub.get('source')})") if pub else ""
+                     f"{pub.get('params_m')} M params ({pub.get('source')})") if pub.get("test_error") else (
+            f"\n  published: {pub.get('source')}" if pub else "")
         blocks.append(f"{name} (--method {p['method']}): {p.get('description', '')}\n  sets: {settings}"
                       f"\n  source: {p.get('source', '')}{published}")
     return "\n".join(blocks)

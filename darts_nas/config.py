@@ -188,6 +188,7 @@ class SearchConfig(_Settings):
     # scripts/DARTS-ADA_search.sh: x10 up to 0.03; their argument defaults are x3 up to 2.43e-2)
     ada_factor: float = 10.0
     ada_max_weight_decay: float = 0.03
+    cutout: int = 0  # cutout length of the search-time augmentation (both halves); 0: none (DARTS), 16: RobustDARTS
     # run
     seed: int = 2
     device: str = "auto"
@@ -250,6 +251,8 @@ class SearchConfig(_Settings):
                               f"{self.es_start_epoch} and {self.es_ratio}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.cutout < 0:
+            raise ConfigError(f"--cutout must be 0 (none) or a length in pixels (RobustDARTS: 16), got {self.cutout}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
         _check_checkpoint_intervals(self)
@@ -301,7 +304,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
-    "ada_factor": 10.0, "ada_max_weight_decay": 0.03,
+    "ada_factor": 10.0, "ada_max_weight_decay": 0.03, "cutout": 0,
     "benchmark": None, "benchmark_dataset": None,
 }
 

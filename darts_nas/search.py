@@ -132,7 +132,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     def load():
         return search_data(config.dataset, config.data, config.batch_size, config.train_portion,
                            seed=config.seed, workers=config.workers, download=config.download,
-                           image_size=config.image_size, device_type=device.type)
+                           image_size=config.image_size, device_type=device.type, cutout=config.cutout)
 
     data = ctx.local_main_first(load) if config.download else load()  # one download per node
     check_image_size(data.info.image_size, "search", config.layers)
@@ -140,7 +140,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
                               config.init_channels)  # per process under torchrun
     data = ctx.shard_search_data(data, config.batch_size)
     if not ctx.is_distributed and use_device_data(config.gpu_data, device, data.info):
-        data = search_data_on_device(data, device)
+        data = search_data_on_device(data, device, cutout=config.cutout)
     lock = RunDirLock()  # held by rank 0 for the whole run: one run per directory
     out = ctx.on_main(lambda: prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
                                               allow_unfinished=True, lock=lock))

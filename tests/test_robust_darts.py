@@ -108,7 +108,24 @@ def test_done_when_s3_search_with_hessian_and_darts_es_shows_the_diagnostics_in_
                                                                                      "sep_conv_3x3"]
 
 
+def test_search_cutout_zeroes_a_square_of_the_augmented_images_of_both_halves(tmp_path):
+    from darts_nas.data import search_data
+
+    def first_batches(cutout):
+        torch.manual_seed(0)
+        data = search_data("digits", str(tmp_path), 16, seed=0, cutout=cutout)
+        return next(iter(data.weight_loader))[0], next(iter(data.arch_loader))[0], next(iter(data.arch_eval_loader))[0]
+
+    plain, cut = first_batches(0), first_batches(4)
+    for a, b in zip(plain[:2], cut[:2]):  # exact zeros (normalised pixels are never exactly 0 otherwise)
+        zeros_plain, zeros_cut = (a == 0).flatten(1).sum(1), (b == 0).flatten(1).sum(1)
+        assert int(zeros_plain.max()) == 0
+        assert bool((zeros_cut >= 4).all()) and bool((zeros_cut <= 16).all())  # a 4x4 square, clipped at borders
+    assert torch.equal(plain[2], cut[2])  # the evaluation of the architecture half is not augmented
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--cutout", "-1"], "--cutout must be 0 (none) or a length in pixels"),
     (["--space", "s1", "--ops", "skip_connect,sep_conv_3x3"], "--space s1 gives each edge its published ops"),
     (["--space", "s2", "--nodes", "3"], "--space s2 lists ops for the 14 edges of a 4-node DARTS cell"),
 ])
