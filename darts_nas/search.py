@@ -180,9 +180,6 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
-    if getattr(config, "early_stop", None):  # the retraining shares this check
-        raise ConfigError("--early-stop is a single-process feature for now: each process would measure the "
-                          "Hessian on its own shard; under torchrun drop it")
     if config.gpu_data:
         raise ConfigError("--gpu-data is a single-process feature for now: under torchrun drop it "
                           "(use --workers to feed each process)")
@@ -291,7 +288,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
 
     start = time.perf_counter()
     # the eigenvalues measured so far (the warnings compare them), from the records kept on resume
-    kept = read_jsonl(out / "metrics.jsonl") if resume and ctx.is_main and (out / "metrics.jsonl").exists() else []
+    kept = ctx.on_main(lambda: read_jsonl(out / "metrics.jsonl") if resume and (out / "metrics.jsonl").exists()
+                       else [])  # every rank: under torchrun they take the early-stop decisions together
     eigenvalues = [r["hessian_eigenvalue"] for r in kept if "hessian_eigenvalue" in r]
     eigen_epochs = [r["epoch"] for r in kept if "hessian_eigenvalue" in r]
     early_stop = None  # (epoch returned to, ratio) once DARTS-ES fires
@@ -331,10 +329,14 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         taken as it is."""
         nonlocal arch_eval, ada, eigenvalues, eigen_epochs, genotype
         path = out / checkpoint_name(back)
-        if not path.is_file():
-            raise CheckpointError(f"DARTS-ADA rolls back to epoch {back}, but {path} is gone (it was removed by "
-                                  f"hand); start the search again with --overwrite")
-        saved = load_checkpoint(path, ctx.checkpoint_location)
+
+        def load() -> dict[str, Any]:
+            if not path.is_file():
+                raise CheckpointError(f"DARTS-ADA rolls back to epoch {back}, but {path} is gone (it was removed by "
+                                      f"hand); start the search again with --overwrite")
+            return load_checkpoint(path, ctx.checkpoint_location)
+
+        saved = ctx.on_main(load)  # rank 0 reads it, every rank gets it (as on resume)
         restore(saved)
         arch_eval = saved["arch_eval"]
         done = saved.get("ada") is not None and len(saved["ada"]["rollbacks"]) > len(ada["rollbacks"])
@@ -349,13 +351,18 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                                                      "weight_decay": raised,
                                                      "eigenvalues": dict(zip(map(str, eigen_epochs), eigenvalues))}]}
         eigenvalues, eigen_epochs = [], []  # the rule starts afresh under the new weight decay
-        save_rotating(out, back, state(back), keep=config.keep_checkpoints, protect={back})
-        remove_checkpoints_after(out, back)
-        for name in ("metrics.jsonl", "history.jsonl"):
-            truncate_jsonl(out / name, back, log.info)
-        board.purge_from(back + 1)
+        snapshot = state(back)  # every rank's random states (a collective)
+
+        def rewrite() -> None:
+            save_rotating(out, back, snapshot, keep=config.keep_checkpoints, protect={back})
+            remove_checkpoints_after(out, back)
+            for name in ("metrics.jsonl", "history.jsonl"):
+                truncate_jsonl(out / name, back, log.info)
+            board.purge_from(back + 1)
+            save_genotype(genotype, out, config)
+
         genotype = model.genotype()
-        save_genotype(genotype, out, config)
+        ctx.on_main(rewrite)
         log.info(f"DARTS-ADA after epoch {after}: the Hessian's eigenvalue rose {rise:.2f}x (above "
                  f"{config.es_ratio}x); rolled back to epoch {back} with the weights' weight decay raised to "
                  f"{ada['weight_decay']:g} (rollback {len(ada['rollbacks'])}; at most {config.ada_max_weight_decay:g})")
@@ -372,7 +379,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         # stopped early before the run could finish: the rule fires again on the same eigenvalues
         early_stop = _es_stop(eigenvalues, eigen_epochs, config)
         if early_stop is not None:
-            genotype = _genotype_of_epoch(out, early_stop[0], genotype)
+            genotype = ctx.on_main(lambda: _genotype_of_epoch(out, early_stop[0], genotype))
     if (config.early_stop == "ada" and eigen_epochs and eigen_epochs[-1] == start_epoch < config.epochs
             and not start_step and ada_can_raise()):
         # killed after an epoch whose measurement fired DARTS-ADA, before its rollback was complete
@@ -412,8 +419,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         ctx.check_replicas(model, genotype)
         diagnostics = epoch_diagnostics(model, genotype)
         if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
-            batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
-            hessian = dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
+            def measure() -> dict[str, Any]:  # under torchrun rank 0 measures on its shard, every rank gets it
+                batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
+                return dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
+
+            hessian = ctx.on_main(measure)
             diagnostics.update(hessian_eigenvalue=hessian["value"], hessian_method=hessian["how"])
             eigenvalues.append(hessian["value"])
             eigen_epochs.append(epoch + 1)
@@ -461,7 +471,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs or early_stop is not None)
         if early_stop is not None:
             back, rise = early_stop
-            genotype = _genotype_of_epoch(out, back, genotype)
+            genotype = ctx.on_main(lambda: _genotype_of_epoch(out, back, genotype))
             log.info(f"early stop (DARTS-ES) after epoch {epoch + 1}: the Hessian's eigenvalue rose {rise:.2f}x "
                      f"(above {config.es_ratio}x); the search returns the genotype of epoch {back}")
             break
