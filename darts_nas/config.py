@@ -259,7 +259,8 @@ class SearchConfig(_Settings):
 
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
-METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas")
+METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas",
+                "random-ws", "spos")
 
 # Settings added to SearchConfig after the first release, with the value that reproduces a run
 # started before they existed: a config.json without them compares equal to these.

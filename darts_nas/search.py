@@ -172,6 +172,9 @@ def build_search(config: SearchConfig, info, speed: Speed):
         steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives, method=method,
     ))
     model.recompute = config.recompute
+    if not method.learns_architecture:  # the alphas only give the edges' shape: nothing trains them
+        for a in model.arch_parameters():
+            a.requires_grad_(False)
     w_optimizer = torch.optim.SGD(model.weights(), lr=config.learning_rate, momentum=config.momentum,
                                   weight_decay=config.weight_decay, nesterov=config.nesterov)
     architect = method.make_architect(model, w_optimizer, autocast=speed.autocast)
@@ -262,7 +265,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     eigen_epochs = [r["epoch"] for r in kept if "hessian_eigenvalue" in r]
     early_stop = None  # (epoch returned to, ratio) once DARTS-ES fires
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
-    genotype = model.genotype()
+    genotype = method.genotype(model)
 
     def state(epochs_done: int, progress: EpochProgress | None = None) -> dict[str, Any]:
         """Everything the rest of the run depends on, after ``epochs_done`` epochs and, inside
@@ -299,7 +302,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                 grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
                 report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
                 progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
-                dist=ctx.sync, arch_update=epoch >= config.arch_warmup_epochs)
+                dist=ctx.sync, arch_update=epoch >= config.arch_warmup_epochs and method.learns_architecture)
             # The last step's update may poison the weights after a finite loss: stop before
             # anything of this epoch is written.
             check_finite_state(model, epoch, metrics["steps"])
@@ -313,9 +316,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         arch_eval = evaluate(model, data.arch_eval_loader, device, speed, dist=ctx.sync, log=log.info,
                              what=f"epoch {epoch + 1}: evaluating the architecture half")
         scheduler.step()
-        genotype = model.genotype()
+        genotype = method.genotype(model)
         ctx.check_replicas(model, genotype)
-        diagnostics = epoch_diagnostics(model, genotype, config.primitives)
+        learns = method.learns_architecture  # without: no alphas to record, show or diagnose
+        diagnostics = epoch_diagnostics(model, genotype, config.primitives) if learns else {}
         if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
             batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
             hessian = dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
@@ -330,10 +334,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         score_epoch(scorer if ctx.is_main else None, genotype, record, board, log.info)  # --benchmark
         log.append_jsonl("metrics.jsonl", record)
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
-                                           "primitives": list(config.primitives), **arch_history(model)})
+                                           "primitives": list(config.primitives),
+                                           **(arch_history(model) if learns else {})})
         if ctx.is_main:
             genotype.save(out / "genotype.json")
-        board.epoch(epoch + 1, record, {t: model.arch_group(f"alphas_{t}") for t in model.cell_types()},
+        board.epoch(epoch + 1, record, {t: model.arch_group(f"alphas_{t}") for t in model.cell_types()} if learns else {},
                     config.primitives, genotype, views=method.arch_views(model), scalars=method.scalars())
         # Captured after the last draw of the epoch; every rank's random states (a collective).
         snapshot = state(epoch + 1)
@@ -343,15 +348,19 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s"
                  + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
                  + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
-        log.info("  collapse signs: parameter-free share " + ", ".join(
-            f"{t} {diagnostics[f'parameter_free_{t}']:.3f}" for t in model.cell_types())
-            + (f", normal-cell skips {diagnostics['normal_skip_connections']}" if "normal_skip_connections" in diagnostics
-               else "")
-            + (f", Hessian eigenvalue {diagnostics['hessian_eigenvalue']:.4g} ({diagnostics['hessian_method']})"
-               if "hessian_eigenvalue" in diagnostics else ""))
+        if learns:
+            log.info("  collapse signs: parameter-free share " + ", ".join(
+                f"{t} {diagnostics[f'parameter_free_{t}']:.3f}" for t in model.cell_types())
+                + (f", normal-cell skips {diagnostics['normal_skip_connections']}"
+                   if "normal_skip_connections" in diagnostics else "")
+                + (f", Hessian eigenvalue {diagnostics['hessian_eigenvalue']:.4g} ({diagnostics['hessian_method']})"
+                   if "hessian_eigenvalue" in diagnostics else ""))
+        else:
+            log.info(f"  probe architecture (a uniform draw; the search's answer is the strategy's): "
+                     f"architecture-half accuracy {arch_eval['acc']:.2f}%")
         for sign in collapse_warnings(eigenvalues, genotype):
             log.info(f"  warning: collapse ahead? {sign}")
-        log.info(f"  genotype: {genotype}")
+        log.info(f"  {'genotype' if learns else 'probe'}: {genotype}")
         for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
             log.info(f"  warning: {warning}")
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs or early_stop is not None)
