@@ -47,7 +47,7 @@ from .supernet import check_primitives
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, read_jsonl, search_legend
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
-             "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES)
+             "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES, "candidates.jsonl")
 
 
 def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
@@ -88,6 +88,10 @@ def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) ->
     current step with a checkpoint (:class:`~darts_nas.errors.RunStopped`). Under torchrun, every
     process calls this (see :mod:`darts_nas.distributed`).
     """
+    if config.supernet or config.strategy_score == "benchmark":  # a strategy without supernet training
+        from .strategies.stage import run_strategy_only
+
+        return run_strategy_only(config, quiet)
     with session(config.device) as ctx:
         return _run(config, quiet, resume_only, ctx)
 
@@ -97,6 +101,10 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     space = SEARCH_SPACES.get(config.space)
     METHODS.get(config.method).check(config)
+    if config.strategy:
+        from .strategies.stage import check_strategy
+
+        check_strategy(config)
     # before anything is written (an unknown op leaves no run directory)
     check_primitives(config.primitives, getattr(space, "ops", None))
     check_distributed_settings(config, ctx)
@@ -152,6 +160,9 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     """What does not work under torchrun yet gets a clear refusal rather than a hang."""
     if not ctx.is_distributed:
         return
+    if getattr(config, "strategy", None):
+        raise ConfigError(f"--strategy runs in one process: train the supernet under torchrun without it, then "
+                          f"search it with --supernet RUN_DIR --strategy {config.strategy} in one process")
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
@@ -375,6 +386,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     if ctx.is_distributed:
         log.info(f"all {ctx.world_size} processes hold the same weights, alphas and BatchNorm statistics "
                  f"(sha256 {digest[:16]}) and genotype")
+    strategy = None
+    if config.strategy:  # the strategy stage (darts_nas.strategies): a single process, rank 0
+        from .strategies.stage import supernet_stage
+
+        genotype, strategy = supernet_stage(config, model, data, speed, log, out,
+                                            resuming=resume is not None and resume["epoch"] >= config.epochs,
+                                            bench_scorer=scorer)
     if ctx.is_main:
         genotype.save(out / "genotype.json")
         board.diagrams.write(genotype, out)
@@ -384,6 +402,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                            "ratio": early_stop[1]}} if early_stop is not None else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out), **(scorer.summary() if scorer else {}),
+        **({"strategy": strategy} if strategy else {}),
     }
     board.finish(config, summary)
     if ctx.is_main:
