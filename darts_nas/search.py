@@ -47,7 +47,7 @@ from .supernet import check_primitives
 from .tracking import CELL_DIAGRAM_FILES, CellDiagrams, RunLog, SearchBoard, read_jsonl, search_legend
 
 RUN_FILES = ("config.json", "metrics.jsonl", "history.jsonl", "genotype.json", "checkpoint.pt",
-             "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES, "candidates.jsonl")
+             "log.txt", FINISHED_MARKER, *CELL_DIAGRAM_FILES)
 
 
 def softmaxed_alphas(model) -> dict[str, list[list[float]]]:

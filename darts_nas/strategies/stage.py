@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..candidates import CandidateSpace, candidate_space
+from ..checkpoint import atomic_write_text
 from ..errors import BenchmarkError, CheckpointError, ConfigError
 from ..methods.sampling import one_hot_plan
 from ..runfiles import append_record
@@ -182,6 +183,8 @@ class BenchmarkRecords:
         self.valid_run = "cifar10-valid" if dataset == "cifar10" else dataset
 
     def twelve(self, arch: Any) -> dict[str, Any]:
+        """``score``: the 12-epoch validation accuracy (the mean over the records' seeds);
+        ``seconds``: the simulated cost of the query."""
         result = self.benchmark.query(str(arch), self.dataset, hp="12")
         record = self.benchmark.record(result["index"])["12"]
         costs = []
@@ -192,8 +195,8 @@ class BenchmarkRecords:
             costs.append(sum(float(t) for t in run["train_times"].values()) + float(valid_time))
         if not costs:
             raise BenchmarkError(f"architecture {result['index']} has no 12-epoch run on {self.valid_run}")
-        return {"valid_acc": result["valid_acc"], "test_acc": result["test_acc"], "index": result["index"],
-                "seconds": mean(costs)}
+        return {"score": result["valid_acc"], "benchmark_test_acc_12": result["test_acc"],
+                "benchmark_index": result["index"], "seconds": mean(costs)}
 
     def final(self, arch: Any) -> dict[str, Any] | None:
         try:
@@ -239,7 +242,9 @@ def run_stage(config: Any, out: Path, log, space: CandidateSpace, score: Callabl
     tau). ``resuming``: replay candidates.jsonl; otherwise it is started afresh."""
     path = out / CANDIDATES
     logged = read_jsonl(path, log.info) if resuming and path.exists() else []
-    if not resuming and path.exists():
+    if logged:  # without a torn last line, which the next record must not continue
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in logged))
+    elif path.exists():
         path.unlink()
     strategy = make_strategy(config.strategy, space, config.seed, config)
     max_candidates, max_seconds = budget(config)
@@ -404,7 +409,6 @@ STAGE_RESUMABLE = {"out", "overwrite", "data", "download", "workers", "device", 
 def run_strategy_only(config: Any, quiet: bool = False) -> dict[str, Any]:
     """``--supernet RUN_DIR`` or ``--score benchmark``: a strategy run of its own in ``--out``."""
     from ..bench_search import BenchmarkScorer
-    from ..checkpoint import atomic_write_text
     from ..distributed import session
     from ..runfiles import RunDirLock
     from ..runtime import FINISHED_MARKER, prepare_run_dir
@@ -423,7 +427,9 @@ def run_strategy_only(config: Any, quiet: bool = False) -> dict[str, Any]:
             model, data, speed = load_supernet(saved, config, ctx.device)
             dataset = saved.dataset
         lock = RunDirLock()
-        out = prepare_run_dir(config.out, "strategy", dataset, config.overwrite, STAGE_FILES,
+        if saved is not None and config.out and Path(config.out).resolve() == Path(config.supernet).resolve():
+            raise ConfigError("--out is the --supernet run itself: give the strategy its own --out")
+        out = prepare_run_dir(config.out, "search", dataset, config.overwrite, STAGE_FILES,
                               allow_unfinished=True, lock=lock)
         log = lock.released_on_error(lambda: RunLog(out, quiet=quiet))
         try:
