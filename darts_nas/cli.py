@@ -172,10 +172,11 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
 
     g = p.add_argument_group("sampling-based search (--method random-ws or spos, then a --strategy)")
-    g.add_argument("--strategy", default=None, choices=list(STRATEGY_NAMES),
+    g.add_argument("--strategy", default=None, choices=[*STRATEGY_NAMES, "none"],
                    help="after the supernet training (or on --supernet RUN_DIR), search it: random (Li and "
                         "Talwalkar's two-stage selection), evolution (aging evolution), local (hill climbing with "
-                        "restarts), bo (Optuna's TPE); random-ws defaults to random, spos to evolution")
+                        "restarts), bo (Optuna's TPE); random-ws defaults to random, spos to evolution; none: no strategy stage "
+                        "(needed under torchrun: search afterwards with --supernet)")
     g.add_argument("--supernet", default=None, metavar="RUN_DIR",
                    help="search the supernet of this finished search run (any method of the same --space) instead "
                         "of training one; the results go to --out")

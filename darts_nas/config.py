@@ -276,13 +276,18 @@ STRATEGY_NAMES = ("random", "evolution", "local", "bo")
 SAMPLING_STRATEGIES = {"random-ws": "random", "spos": "evolution"}
 
 
+def wants_strategy(c: Any) -> bool:
+    """Whether a strategy stage runs (``--strategy none``: a sampling method's supernet alone)."""
+    return getattr(c, "strategy", None) not in (None, "none")
+
+
 def check_strategy_settings(c: Any) -> None:
     """The --strategy settings, in one line each (before anything is written)."""
-    if c.strategy is not None and c.strategy not in STRATEGY_NAMES:
+    if c.strategy is not None and c.strategy not in (*STRATEGY_NAMES, "none"):
         raise ConfigError(f"unknown --strategy {c.strategy!r}; valid strategies are: {', '.join(STRATEGY_NAMES)}")
     if c.strategy_score not in ("supernet", "benchmark"):
         raise ConfigError(f"--score must be supernet or benchmark, got {c.strategy_score!r}")
-    if c.strategy is None:
+    if not wants_strategy(c):
         for flag, value in (("--supernet", c.supernet), ("--score benchmark", c.strategy_score == "benchmark")):
             if value:
                 raise ConfigError(f"{flag} needs a --strategy (random, evolution, local or bo) to search with")

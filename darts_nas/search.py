@@ -28,7 +28,7 @@ from .accel import Speed, answer_out_of_memory
 from .bench_search import BenchmarkScorer, score_epoch
 from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
 from .commands import command
-from .config import SearchConfig
+from .config import SearchConfig, wants_strategy
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
 from .device_data import search_data_on_device, use_device_data
@@ -101,7 +101,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     space = SEARCH_SPACES.get(config.space)
     METHODS.get(config.method).check(config)
-    if config.strategy:
+    if wants_strategy(config):
         from .strategies.stage import check_strategy
 
         check_strategy(config)
@@ -160,9 +160,9 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     """What does not work under torchrun yet gets a clear refusal rather than a hang."""
     if not ctx.is_distributed:
         return
-    if getattr(config, "strategy", None):
-        raise ConfigError(f"--strategy runs in one process: train the supernet under torchrun without it, then "
-                          f"search it with --supernet RUN_DIR --strategy {config.strategy} in one process")
+    if wants_strategy(config):
+        raise ConfigError(f"--strategy runs in one process: train the supernet under torchrun with --strategy none, "
+                          f"then search it with --supernet RUN_DIR --strategy {config.strategy} in one process")
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
@@ -387,7 +387,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         log.info(f"all {ctx.world_size} processes hold the same weights, alphas and BatchNorm statistics "
                  f"(sha256 {digest[:16]}) and genotype")
     strategy = None
-    if config.strategy:  # the strategy stage (darts_nas.strategies): a single process, rank 0
+    if wants_strategy(config):  # the strategy stage (darts_nas.strategies): a single process, rank 0
         from .strategies.stage import supernet_stage
 
         genotype, strategy = supernet_stage(config, model, data, speed, log, out,

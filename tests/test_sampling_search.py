@@ -448,3 +448,37 @@ def test_bo_without_optuna_gets_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert "--strategy bo needs Optuna: pip install optuna" in err and err.count("\n") == 0
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun
+# ---------------------------------------------------------------------------------------------
+
+def test_random_ws_under_torchrun_trains_one_architecture_on_every_rank(tmp_path):
+    """Two gloo ranks draw the same architecture at every step (a pure function of seed and
+    step), so their replicas stay identical; the strategy is refused there (--strategy none)."""
+    try:
+        from test_distributed import SEARCH_ARGS, finish, torchrun
+    except ImportError:  # tests/ imported as a package
+        from tests.test_distributed import SEARCH_ARGS, finish, torchrun
+    from darts_nas.checkpoint import load_checkpoint
+
+    args = [*SEARCH_ARGS, "--method", "random-ws", "--strategy", "none", "--out", str(tmp_path / "run")]
+    stdout = finish(torchrun("train_search.py", args, tmp_path), tmp_path)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert stdout.count("search finished") == 1
+    assert "all 2 processes hold the same weights, alphas and BatchNorm statistics" in log
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["method"] == {"draws": 2 * 3}
+    assert not (tmp_path / "run" / "candidates.jsonl").exists()
+
+
+def test_a_strategy_is_refused_under_torchrun():
+    from types import SimpleNamespace
+
+    from darts_nas.config import SearchConfig
+    from darts_nas.errors import ConfigError
+    from darts_nas.search import check_distributed_settings
+
+    with pytest.raises(ConfigError, match="--strategy runs in one process"):
+        check_distributed_settings(SearchConfig(method="spos"), SimpleNamespace(is_distributed=True))
+    check_distributed_settings(SearchConfig(method="spos", strategy="none"), SimpleNamespace(is_distributed=True))
