@@ -84,7 +84,6 @@ class SamplingMethod(Method):
         self._path: dict[str, list[int]] | None = None
         self.probe = None  # the genotype evaluated after the epoch
         self._probe_epoch, self._probe_of = 0, None
-        self.forced: dict[str, list[int]] | None = None  # set by a strategy scoring a candidate
 
     @classmethod
     def check(cls, config: Any) -> None:
@@ -120,8 +119,6 @@ class SamplingMethod(Method):
     def edge_plan(self, model: nn.Module, cell_type: str) -> EdgePlan:
         like = model.arch_group(f"alphas_{cell_type}")
         num_ops = like.shape[-1]
-        if self.forced is not None:
-            return one_hot_plan(self.forced[cell_type], num_ops, like)
         if not model.training:
             return one_hot_plan(self.candidates(model).paths(self.genotype(model))[cell_type], num_ops, like)
         types = model.cell_types()
