@@ -16,6 +16,9 @@ seam                               DARTS (this class's defaults)
 :meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
 :meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
 :meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
+:meth:`genotype`                   the current genotype after an epoch: the supernet's derivation
+``learns_architecture``            whether there are architecture parameters to learn: yes (the
+                                   sampling methods: no architect step, no alphas recorded)
 =================================  ==================================================================
 
 The run loop sees "a method" and "named groups of architecture parameters" and nothing more:
