@@ -19,7 +19,7 @@ from darts_nas.candidates import DartsCandidates, NB201Candidates
 from darts_nas.cli import search_main
 from darts_nas.methods import METHODS
 from darts_nas.methods.base import draw_generator
-from darts_nas.strategies import AgingEvolution, LocalSearch, make_strategy
+from darts_nas.strategies import AgingEvolution, make_strategy
 from darts_nas.strategies.stage import kendall_tau, recalibrate_batchnorm
 from darts_nas.supernet import Supernet
 from darts_nas.tracking import read_jsonl
@@ -107,7 +107,7 @@ def test_random_ws_draws_uniformly_over_valid_darts_genotypes():
     counts = collections.Counter(str(space.sample(torch_below(5, d))) for d in range(draws))
     assert len(counts) == 9
     assert chi_square(counts, 9, draws) < 26.1  # chi-square, 8 degrees of freedom, p = 0.001
-    for genotype in map(lambda d: space.sample(torch_below(5, d)), range(20)):
+    for genotype in (space.sample(torch_below(5, d)) for d in range(20)):
         for cell in ("normal", "reduce"):
             pairs = getattr(genotype, cell)
             assert all(pairs[k][1] != pairs[k + 1][1] for k in (0, 2))  # two distinct inputs per node

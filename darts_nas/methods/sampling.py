@@ -44,7 +44,7 @@ class NoArchitect:
     save (its ``optimizer`` keeps the checkpoint's ``a_optimizer`` entry empty)."""
 
     class _NoOptimizer:
-        param_groups: list = []
+        param_groups: ClassVar[list] = []  # no groups: nothing to change the learning rate of
 
         def state_dict(self) -> dict[str, Any]:
             return {}

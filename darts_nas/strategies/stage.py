@@ -250,7 +250,7 @@ def run_stage(config: Any, out: Path, log, space: CandidateSpace, score: Callabl
     max_candidates, max_seconds = budget(config)
     writer = _board(out, config)
     replay = iter([r for r in logged if r.get("stage") == "search"])
-    cache: dict[str, dict[str, Any]] = {r["arch"]: r for r in logged if not r.get("cached")}
+    cache: dict[str, dict[str, Any]] = {r["arch"]: r for r in logged if r.get("stage") == "search" and not r.get("cached")}
     n, spent, best = 0, 0.0, None
     kind = "simulated training seconds" if simulated else "seconds"
     what = f"{max_candidates} candidates" if max_candidates is not None else ""
