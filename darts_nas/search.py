@@ -402,7 +402,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                            "ratio": early_stop[1]}} if early_stop is not None else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out), **(scorer.summary() if scorer else {}),
-        **({"strategy": strategy} if strategy else {}),
+        **({"strategy": strategy, "supernet_valid_acc": arch_eval["acc"], "valid_acc": strategy["best_score"],
+            "valid_loss": strategy.get("loss")} if strategy else {}),
     }
     board.finish(config, summary)
     if ctx.is_main:

@@ -296,6 +296,7 @@ def test_random_ws_with_random_strategy_end_to_end(tmp_path):
     assert summary["strategy"]["strategy"] == "random" and summary["strategy"]["chosen_by"] == "whole architecture half"
     best = max((r for r in records if r["stage"] == "rescore"), key=lambda r: r["score"])
     assert json.loads((out / "genotype.json").read_text())["normal"] == best["genotype"]["normal"]
+    assert summary["valid_acc"] == best["score"] and "supernet_valid_acc" in summary  # what --seeds aggregates
     assert "alphas" not in read_jsonl(out / "history.jsonl")[0]
 
 

@@ -292,7 +292,7 @@ def run_stage(config: Any, out: Path, log, space: CandidateSpace, score: Callabl
     genotype = _genotype_of(space, chosen)
     summary = {"strategy": config.strategy, "candidates": n, "spent": spent, "spent_kind": kind,
                "best_score": chosen["score"], "chosen_by": chosen_by, "genotype": chosen["genotype"],
-               "rescored": len(rescored)}
+               "rescored": len(rescored), "loss": chosen.get("loss")}
     if records is not None:
         final = records.final(genotype)
         summary["benchmark_200"] = final
@@ -464,7 +464,7 @@ def run_strategy_only(config: Any, quiet: bool = False) -> dict[str, Any]:
                                               lambda g: scorer.score(g, full=True), records, resuming=resuming)
             genotype.save(out / "genotype.json")
             summary.update(finished=True, out=str(out), wall_time=time.perf_counter() - start,
-                           genotype_text=str(genotype))
+                           genotype_text=str(genotype), valid_acc=summary["best_score"], valid_loss=summary["loss"])
             atomic_write_text(out / FINISHED_MARKER, json.dumps(summary, indent=2, sort_keys=True))
             log.info(f"genotype written to {out / 'genotype.json'}")
             return summary
