@@ -16,6 +16,12 @@ seam                               DARTS (this class's defaults)
 :meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
 :meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
 :meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
+:meth:`stages`                     the stage plan of a staged search (P-DARTS): one stage of
+                                   ``--epochs`` epochs on ``--layers`` cells
+:meth:`start_stage`                per-stage settings (P-DARTS's skip dropout rate): none
+:meth:`next_edge_ops`              the next stage's candidate ops per edge from the finished stage's
+                                   alphas: each edge's ``Stage.keep`` strongest (softmax) ops
+:meth:`final_genotype`             the genotype the search returns: the last epoch's
 =================================  ==================================================================
 
 The run loop sees "a method" and "named groups of architecture parameters" and nothing more:
@@ -28,7 +34,7 @@ registers itself in :data:`METHODS` (the package ``__init__`` imports it).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
@@ -54,6 +60,22 @@ class EdgePlan:
     weights: torch.Tensor
     active: list[int] | None = None
     edge_weights: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a search: ``epochs`` epochs on a fresh supernet of ``layers`` cells.
+
+    ``keep``: how many candidate ops each edge keeps for the next stage (None: the last stage);
+    ``settings``: the method's own per-stage values (P-DARTS's skip dropout rate), handed to
+    :meth:`Method.start_stage`. The run loop builds a new supernet, weight optimiser, learning
+    rate schedule and architect at the start of every stage; epochs are numbered globally.
+    """
+
+    epochs: int
+    layers: int
+    keep: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 _SEED_STRIDE = 1_000_003  # a prime: (seed, draw) pairs map to distinct generator seeds
@@ -146,6 +168,32 @@ class Method:
     def edge_scale(self, model: nn.Module, cell_type: str) -> torch.Tensor | None:
         """A positive factor per edge applied to its op weights before edges are ranked (None: 1)."""
         return None
+
+    # -- stages --------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        """The stage plan: one stage of ``--epochs`` epochs on ``--layers`` cells (every method but
+        the staged ones). Needs ``self.config``."""
+        return [Stage(epochs=self.config.epochs, layers=self.config.layers)]
+
+    def start_stage(self, index: int, stage: Stage) -> None:
+        """Called when stage ``index`` (0-based) begins, and again when a run resumes inside it."""
+
+    def next_edge_ops(self, model: nn.Module, index: int, stage: Stage) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """The edge-op table of stage ``index + 1`` from the finished stage ``index``'s supernet:
+        each edge keeps its ``stage.keep`` ops of largest ``softmax(alpha)``, in its own column
+        order (:func:`darts_nas.edge_ops.top_k_columns`; ties: the earlier column)."""
+        from ..edge_ops import keep_columns, top_k_columns
+
+        table = {}
+        for t in model.cell_types():
+            probs = F.softmax(model.arch_group(f"alphas_{t}").detach().float().cpu(), dim=-1).tolist()
+            table[t] = keep_columns(model.edge_ops[t], top_k_columns(probs, model.edge_ops[t], stage.keep))
+        return table
+
+    def final_genotype(self, model: nn.Module, genotype):
+        """The genotype the search returns, given the last epoch's ``genotype`` (P-DARTS caps the
+        normal cell's skip connections here)."""
+        return genotype
 
     # -- schedules, state, what is shown -----------------------------------------------------------------
     def start_epoch(self, epoch: int, epochs: int) -> None:
