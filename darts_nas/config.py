@@ -157,6 +157,10 @@ class SearchConfig(_Settings):
     sdarts_attack_steps: int = 7  # SDARTS-ADV: PGD steps
     drnas_regulariser: str = "l2"  # DrNAS: l2 (Adam weight decay on the alphas) or kl
     drnas_reg_scale: float = 1e-3  # DrNAS: the regulariser's scale
+    pdarts_add_layers: tuple[int, ...] = (0, 6, 12)  # P-DARTS: cells added to --layers in each stage ...
+    pdarts_keep: tuple[int, ...] = (5, 3, 1)  # ... ops per edge kept after each stage ...
+    pdarts_skip_dropout: tuple[float, ...] = (0.1, 0.4, 0.7)  # ... dropout rate on skip connections
+    pdarts_max_skips: int = 2  # P-DARTS: at most this many skip connections in the final normal cell
     # collapse diagnostics (darts_nas.diagnostics)
     hessian_every: int = 0  # the Hessian's dominant eigenvalue every N epochs (and after the last); 0: never
     hessian_batches: int = 1  # architecture-half batches the Hessian is taken over
@@ -192,6 +196,8 @@ class SearchConfig(_Settings):
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "primitives", tuple(self.primitives))
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        for name in ("pdarts_add_layers", "pdarts_keep", "pdarts_skip_dropout"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -259,7 +265,7 @@ class SearchConfig(_Settings):
 
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
-METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas")
+METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas", "pdarts")
 
 # Settings added to SearchConfig after the first release, with the value that reproduces a run
 # started before they existed: a config.json without them compares equal to these.
@@ -270,6 +276,8 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
     "benchmark": None, "benchmark_dataset": None, "folds": None, "fold": None,
+    "pdarts_add_layers": [0, 6, 12], "pdarts_keep": [5, 3, 1], "pdarts_skip_dropout": [0.1, 0.4, 0.7],
+    "pdarts_max_skips": 2,
 }
 
 
