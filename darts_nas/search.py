@@ -342,7 +342,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
             "arch_eval": arch_eval, "method": method.state_dict(), "data_split": data.split,
-            "edge_ops": table_to_json(model.edge_ops), "stage": stage,
+            "edge_ops": table_to_json(model.edge_ops), "stage": stage, "total_epochs": total_epochs,
         }
 
     checkpoints = StepCheckpoints(

@@ -213,19 +213,20 @@ def test_stages_grow_prune_and_record_globally_numbered_epochs(reference):
 
 
 def test_a_run_stopped_right_after_a_stage_resumes_bit_identical(tmp_path, reference):
-    """The checkpoint at the end of stage 1 is the newest: resuming makes the transition again."""
+    """The checkpoint at the end of stage 2 (epoch 4 of 6, --epochs 2) is the newest: resuming
+    rebuilds stage 2's pruned supernet from it and makes the transition to stage 3 again."""
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     for path in out.glob("checkpoint*.pt"):
-        if path.name != "checkpoint-epoch0002.pt":
+        if path.name != "checkpoint-epoch0004.pt":
             path.unlink()
     (out / "summary.json").unlink()
     for name in ("metrics.jsonl", "history.jsonl"):
         lines = (out / name).read_text().splitlines()
-        (out / name).write_text("\n".join(lines[:2]) + "\n")
-    assert load_checkpoint(out / "checkpoint-epoch0002.pt")["stage"] == 0
+        (out / name).write_text("\n".join(lines[:4]) + "\n")
+    assert load_checkpoint(out / "checkpoint-epoch0004.pt")["stage"] == 1
     assert one_thread([*ARGS, "--out", str(out)]) == 0
-    assert "resuming" in (out / "log.txt").read_text()
+    assert "after epoch 4 of 6 (stage 2 of 3)" in (out / "log.txt").read_text()
     assert_same_run(reference, out)
 
 
@@ -235,7 +236,7 @@ def test_sigkill_inside_a_later_stage_resumes_bit_identical(tmp_path, reference)
     process = subprocess.Popen([sys.executable, str(ROOT / "train_search.py"), *ARGS, "--out", str(out)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(out.glob("checkpoint-epoch0002-step*.pt")):  # inside epoch 3, the first of stage 2
+    while not list(out.glob("checkpoint-epoch0005-step*.pt")):  # inside epoch 5, the first of stage 3
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -243,6 +244,8 @@ def test_sigkill_inside_a_later_stage_resumes_bit_identical(tmp_path, reference)
     process.wait()
     assert not (out / "summary.json").exists()
     assert one_thread([*ARGS, "--out", str(out)]) == 0
+    resumed = [line for line in (out / "log.txt").read_text().splitlines() if " resuming " in line]
+    assert len(resumed) == 1 and resumed[0].endswith("of 6 (stage 3 of 3)"), resumed  # epoch 5 > --epochs 2
     assert_same_run(reference, out)
 
 
@@ -270,3 +273,11 @@ def test_the_method_registry_knows_pdarts():
         PDarts.check(SearchConfig(method="pdarts", space="nas-bench-201"))
     with pytest.raises(ConfigError, match="early-stop"):
         PDarts.check(SearchConfig(method="pdarts", early_stop="es", hessian_every=1))
+
+
+def test_the_report_draws_alphas_whose_ops_change_between_stages(tmp_path, reference):
+    pytest.importorskip("matplotlib")
+    from darts_nas.report import main as report_main
+
+    assert report_main([str(reference), "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("alphas-*.png"))) == 1

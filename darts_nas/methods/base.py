@@ -219,6 +219,9 @@ class Method:
     def describe(self) -> str:
         """``DARTS search, first order`` and the method's own settings, for the log."""
         order = "second order (unrolled)" if self.config is not None and self.config.unrolled else "first order"
-        details = ", ".join(f"--{name.replace('_', '-')} {getattr(self.config, name)}" for name in self.settings
+        def shown(value):  # a per-stage list as it is typed: 0.1,0.4,0.7
+            return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+        details = ", ".join(f"--{name.replace('_', '-')} {shown(getattr(self.config, name))}" for name in self.settings
                             if self.config is not None)
         return f"{self.title} search, {order}" + (f", {details}" if details else "")
