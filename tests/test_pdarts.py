@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +23,6 @@ from darts_nas.ops import FactorizedReduce
 from darts_nas.supernet import Supernet
 from darts_nas.tracking import read_jsonl
 
-ROOT = Path(__file__).resolve().parent.parent
 # three stages of 2 epochs (the first weights only) on 3, 4 and 5 cells
 ARGS = ["--dataset", "digits", "--method", "pdarts", "--init-channels", "4", "--layers", "3", "--nodes", "2",
         "--batch-size", "16", "--train-portion", "0.8", "--steps-per-epoch", "2", "--epochs", "2",
@@ -52,21 +46,12 @@ def reference(tmp_path_factory):
     return out
 
 
-def comparable(out: Path):
-    metrics = [{k: v for k, v in m.items() if k not in {"epoch_time", "elapsed"}}
-               for m in read_jsonl(out / "metrics.jsonl")]
-    state = load_checkpoint(out / "checkpoint.pt")
-    return json.dumps(metrics), read_jsonl(out / "history.jsonl"), (out / "genotype.json").read_text(), state
-
-
 def assert_same_run(a: Path, b: Path) -> None:
-    ma, ha, ga, sa = comparable(a)
-    mb, hb, gb, sb = comparable(b)
-    assert (ma, ha, ga) == (mb, hb, gb)
-    assert (sa["method"], sa["stage"], sa["edge_ops"]) == (sb["method"], sb["stage"], sb["edge_ops"])
-    assert sa["model"].keys() == sb["model"].keys()
-    for key in sa["model"]:
-        assert torch.equal(sa["model"][key], sb["model"][key]), key
+    from test_methods import assert_same_run as same_records_and_model
+
+    same_records_and_model(a, b)
+    sa, sb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert (sa["stage"], sa["edge_ops"]) == (sb["stage"], sb["edge_ops"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,17 +216,11 @@ def test_a_run_stopped_right_after_a_stage_resumes_bit_identical(tmp_path, refer
 
 
 def test_sigkill_inside_a_later_stage_resumes_bit_identical(tmp_path, reference):
+    from test_resume import kill_when, start
+
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "train_search.py"), *ARGS, "--out", str(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("checkpoint-epoch0005-step*.pt")):  # inside epoch 5, the first of stage 3
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = start(out, args=ARGS)
+    kill_when(process, lambda: list(out.glob("checkpoint-epoch0005-step*.pt")))  # inside epoch 5, stage 3's first
     assert not (out / "summary.json").exists()
     assert one_thread([*ARGS, "--out", str(out)]) == 0
     resumed = [line for line in (out / "log.txt").read_text().splitlines() if " resuming " in line]

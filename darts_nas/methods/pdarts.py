@@ -53,7 +53,7 @@ def skip_dropout_rate(p0: float, epoch: int, epochs: int, warmup: int) -> float:
 class SkipDropout(nn.Module):
     """The identity followed by dropout at the method's current rate (off in eval mode)."""
 
-    def __init__(self, method: "PDarts") -> None:
+    def __init__(self, method: PDarts) -> None:
         super().__init__()
         self._method = [method]  # a list: the method is not a submodule
 
