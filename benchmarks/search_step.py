@@ -89,6 +89,7 @@ def main(argv=None) -> dict:
                           init_channels=args.init_channels, seed=args.seed)
     method = METHODS.get(args.method)(config)
     method.check(config)
+    method.start_stage(0, method.stages()[0])  # a staged method's first stage (P-DARTS: skip dropout 0.1)
     method.start_epoch(0, config.epochs)
     model = speed.prepare(Supernet(C=args.init_channels, num_classes=args.classes, layers=args.layers,
                                    steps=args.nodes, in_channels=args.in_channels, method=method))

@@ -55,8 +55,11 @@ class Architect:
                  betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
                  unrolled: bool = False, hessian_r: float = 1e-2,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                 regulariser: Callable[[Supernet], torch.Tensor | None] | None = None) -> None:
+                 regulariser: Callable[[Supernet], torch.Tensor | None] | None = None,
+                 grad_clip: float | None = None) -> None:
         self.model = model
+        # P-DARTS clips the architecture gradient's norm too (None or 0: no clipping)
+        self.grad_clip = grad_clip
         # A method's extra term of the architecture loss (a function of the architecture
         # parameters only), added to the validation loss whose gradient the step follows.
         self.regulariser = regulariser
@@ -161,5 +164,7 @@ class Architect:
         self.optimizer.zero_grad(set_to_none=True)
         for a, g in zip(self.model.arch_parameters(), grads):
             a.grad = g
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.arch_parameters(), self.grad_clip)
         self.optimizer.step()
         return {"loss": loss, "logits": logits}

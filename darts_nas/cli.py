@@ -54,6 +54,20 @@ class _HelpFormatter(argparse.HelpFormatter):
                              break_long_words=False, break_on_hyphens=False)
 
 
+def _number_list(kind: Callable[[str], Any], what: str):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, e.g. 0,6,12; got {text!r}") from None
+    parse.__name__ = f"{what} list"
+    return parse
+
+
+_int_list = _number_list(int, "whole numbers")
+_float_list = _number_list(float, "numbers")
+
+
 def _parser(description: str, kind: str) -> argparse.ArgumentParser:
     """An argument parser with the settings both commands share: no prefix matching (``--epoch``
     is not ``--epochs``), ``--version``, and help text formatted by :class:`_HelpFormatter`."""
@@ -124,10 +138,11 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "normalisation), gdas (one Gumbel-sampled op per edge), darts-minus (auxiliary skip), "
                         "beta-darts (beta-decay regulariser), sdarts-rs / sdarts-adv (perturbed weight step), "
                         "drnas (Dirichlet mixing weights), random-ws / spos (one uniformly sampled architecture "
-                        "per step, then a --strategy)")
+                        "per step, then a --strategy), pdarts (three stages of growing depth, ops pruned "
+                        "between them, skip dropout, at most 2 skips in the normal cell)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas, robust-darts, random-ws; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, robust-darts, random-ws, pdarts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -178,6 +193,17 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="drnas: l2 (Adam weight decay on the alphas, replacing --arch-weight-decay) or kl "
                         "(KL to Dir(1) in the architecture loss)")
     g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
+    g.add_argument("--pdarts-add-layers", type=_int_list, default=d.pdarts_add_layers, metavar="A,B,C",
+                   help="pdarts: cells added to --layers in each stage, one value per stage (default "
+                        + ",".join(map(str, d.pdarts_add_layers)) + "); --epochs is the epochs of each stage")
+    g.add_argument("--pdarts-keep", type=_int_list, default=d.pdarts_keep, metavar="A,B,C",
+                   help="pdarts: ops each edge keeps after each stage, the last 1 (default "
+                        + ",".join(map(str, d.pdarts_keep)) + ")")
+    g.add_argument("--pdarts-skip-dropout", type=_float_list, default=d.pdarts_skip_dropout, metavar="A,B,C",
+                   help="pdarts: dropout rate after the skip connections in each stage, decayed within it (default "
+                        + ",".join(map(str, d.pdarts_skip_dropout)) + ")")
+    g.add_argument("--pdarts-max-skips", type=int, default=d.pdarts_max_skips, metavar="M",
+                   help="pdarts: at most M skip connections in the final normal cell (default %(default)s)")
 
     g = p.add_argument_group("sampling-based search (--method random-ws or spos, then a --strategy)")
     g.add_argument("--strategy", default=None, choices=[*STRATEGY_NAMES, "none"],
@@ -310,7 +336,9 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         skip_beta_schedule=args.skip_beta_schedule, beta_decay_scale=args.beta_decay_scale,
         sdarts_epsilon_min=args.sdarts_epsilon_min, sdarts_epsilon_max=args.sdarts_epsilon_max,
         sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
-        drnas_reg_scale=args.drnas_reg_scale, hessian_every=args.hessian_every,
+        drnas_reg_scale=args.drnas_reg_scale, pdarts_add_layers=args.pdarts_add_layers,
+        pdarts_keep=args.pdarts_keep, pdarts_skip_dropout=args.pdarts_skip_dropout,
+        pdarts_max_skips=args.pdarts_max_skips, hessian_every=args.hessian_every,
         hessian_batches=args.hessian_batches, early_stop=args.early_stop, es_start_epoch=args.es_start_epoch,
         es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, ada_factor=args.ada_factor,
         ada_max_weight_decay=args.ada_max_weight_decay, cutout=args.cutout, seed=args.seed, device=args.device, out=args.out,

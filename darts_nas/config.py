@@ -175,6 +175,10 @@ class SearchConfig(_Settings):
     sdarts_attack_steps: int = 7  # SDARTS-ADV: PGD steps
     drnas_regulariser: str = "l2"  # DrNAS: l2 (Adam weight decay on the alphas) or kl
     drnas_reg_scale: float = 1e-3  # DrNAS: the regulariser's scale
+    pdarts_add_layers: tuple[int, ...] = (0, 6, 12)  # P-DARTS: cells added to --layers in each stage ...
+    pdarts_keep: tuple[int, ...] = (5, 3, 1)  # ... ops per edge kept after each stage ...
+    pdarts_skip_dropout: tuple[float, ...] = (0.1, 0.4, 0.7)  # ... dropout rate on skip connections
+    pdarts_max_skips: int = 2  # P-DARTS: at most this many skip connections in the final normal cell
     # collapse diagnostics (darts_nas.diagnostics)
     hessian_every: int = 0  # the Hessian's dominant eigenvalue every N epochs (and after the last); 0: never
     hessian_batches: int = 1  # architecture-half batches the Hessian is taken over
@@ -229,6 +233,8 @@ class SearchConfig(_Settings):
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
         if self.strategy is None and self.method in SAMPLING_STRATEGIES:
             object.__setattr__(self, "strategy", SAMPLING_STRATEGIES[self.method])
+        for name in ("pdarts_add_layers", "pdarts_keep", "pdarts_skip_dropout"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -352,7 +358,7 @@ def check_strategy_settings(c: Any) -> None:
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
 METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas",
-                "random-ws", "spos")
+                "random-ws", "spos", "pdarts")
 # ... of which these train the supernet by sampling architectures and learn no architecture parameters
 SAMPLING_METHODS = ("random-ws", "spos")
 
@@ -369,6 +375,8 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "strategy": None, "supernet": None, "strategy_score": "supernet", "strategy_candidates": None,
     "strategy_seconds": None, "score_batches": 10, "bn_batches": 10, "rescore_top": 10, "population": 10,
     "sample_size": 3,
+    "pdarts_add_layers": [0, 6, 12], "pdarts_keep": [5, 3, 1], "pdarts_skip_dropout": [0.1, 0.4, 0.7],
+    "pdarts_max_skips": 2,
 }
 
 

@@ -216,8 +216,14 @@ def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
     if not history:
         return None
     cell_types = list(history[0]["alphas"])
-    edge_ops = history[0].get("edge_ops")  # per-edge candidate lists (darts_nas.edge_ops), else one shared list
-    shared = history[0].get("primitives") or [f"op {k}" for k in range(len(history[0]["alphas"][cell_types[0]][0]))]
+
+    def ops_of(h: dict, cell_type: str, e: int) -> list[str]:
+        """The ops of an edge's alpha columns in one record: its per-edge list (darts_nas.edge_ops;
+        a staged search prunes them between stages), else the shared list."""
+        if h.get("edge_ops"):
+            return h["edge_ops"][cell_type][e]
+        return h.get("primitives") or [f"op {k}" for k in range(len(h["alphas"][cell_type][e]))]
+
     edges = max(len(history[0]["alphas"][t]) for t in cell_types)
     width, height = alphas_size(edges)
     height = height * len(cell_types) + ALPHA_LEGEND
@@ -226,17 +232,17 @@ def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
     columns = min(edges, ALPHA_COLUMNS)
     epochs = [h["epoch"] for h in history]
     # one colour per op name across every panel
-    all_ops = list(dict.fromkeys(op for t in cell_types for ops in edge_ops[t] for op in ops)) if edge_ops else \
-        list(shared)
+    all_ops = list(dict.fromkeys(op for h in history for t in cell_types for e in range(len(h["alphas"][t]))
+                                 for op in ops_of(h, t, e)))
     for t_index, cell_type in enumerate(cell_types):
         for e in range(len(history[0]["alphas"][cell_type])):
             ax = fig.add_subplot(rows_per_type * len(cell_types), columns,
                                  (t_index * rows_per_type + e // columns) * columns + e % columns + 1)
-            ops = edge_ops[cell_type][e] if edge_ops else shared
-            for k, op in enumerate(ops):
-                colour = all_ops.index(op) if op in all_ops else k
-                ax.plot(epochs, [h["alphas"][cell_type][e][k] for h in history], marker=".", color=f"C{colour % 10}",
-                        label=op)
+            per_record = [ops_of(h, cell_type, e) for h in history]
+            for op in dict.fromkeys(op for ops in per_record for op in ops):  # an op pruned away ends its line
+                values = [h["alphas"][cell_type][e][ops.index(op)] if op in ops else float("nan")
+                          for h, ops in zip(history, per_record)]
+                ax.plot(epochs, values, marker=".", color=f"C{all_ops.index(op) % 10}", label=op)
             ax.set_title(f"{cell_type} edge {e}", fontsize=7)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.tick_params(labelsize=6)

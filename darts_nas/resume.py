@@ -184,6 +184,8 @@ def check_complete(state: dict[str, Any], path: Path, kind: str) -> None:
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete (it lacks {', '.join(missing)})")
     epochs = state["config"].get("epochs") if isinstance(state["config"], dict) else None
+    # a staged search (P-DARTS) runs more epochs than --epochs: its checkpoints record the total
+    epochs = state.get("total_epochs", epochs)
     epoch, step = state["epoch"], state.get("step", 0)
     if not isinstance(epochs, int) or not 0 <= epoch <= epochs:
         raise CheckpointError(f"checkpoint {path} records epoch {epoch} of a run of {epochs} epochs")

@@ -13,6 +13,16 @@ the end the final genotype), ``checkpoint.pt``, ``log.txt`` and, once the search
 ``.png``/``.svg`` when Graphviz is installed). Unless ``config.tensorboard`` is off, TensorBoard
 event files go into the same directory (see :class:`darts_nas.tracking.SearchBoard`).
 Under torchrun the processes share the search and rank 0 alone writes (:mod:`darts_nas.distributed`).
+
+A staged search (P-DARTS) follows the method's stage plan (:meth:`Method.stages`): each stage
+trains a fresh supernet of its own depth on the candidate ops per edge that the method kept from
+the previous stage's alphas (:meth:`Method.next_edge_ops`), with a fresh weight optimiser, cosine
+schedule over the stage's epochs and architect. Epochs are numbered globally (1 .. the sum of the
+stages' epochs) in every record, on the board and in the checkpoints; metrics.jsonl and
+history.jsonl also carry ``"stage"`` (1-based). The checkpoint records the stage and its edge-op
+table, so that a resumed run rebuilds the stage's supernet before loading it; a run checkpointed
+at the end of a stage makes the transition again on resuming, from the same alphas and the same
+random state.
 """
 
 from __future__ import annotations
@@ -130,6 +140,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
         from .strategies.stage import check_strategy
 
         check_strategy(config)
+    plan = METHODS.get(config.method)(config).stages()
     # before anything is written (an unknown op leaves no run directory)
     check_primitives(config.primitives, getattr(space, "ops", None))
     check_distributed_settings(config, ctx)
@@ -143,7 +154,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
                            image_size=config.image_size, device_type=device.type, cutout=config.cutout)
 
     data = ctx.local_main_first(load) if config.download else load()  # one download per node
-    check_image_size(data.info.image_size, "search", config.layers)
+    check_image_size(data.info.image_size, "search", max(stage.layers for stage in plan))
     check_stem_fits_in_memory(data.info.image_size, max(config.batch_size // ctx.world_size, 1), "search",
                               config.init_channels)  # per process under torchrun
     data = ctx.shard_search_data(data, config.batch_size)
@@ -196,13 +207,16 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
                           "(use --workers to feed each process)")
 
 
-def build_search(config: SearchConfig, info, speed: Speed):
+def build_search(config: SearchConfig, info, speed: Speed, method=None, layers: int | None = None,
+                 edge_ops=None):
     """The supernet of the space built for the method (on the device, in the chosen format), its
-    weights' SGD and the method's architect. The method is ``model.method``."""
-    method = METHODS.get(config.method)(config)
+    weights' SGD and the method's architect. The method is ``model.method``. A stage of a staged
+    search passes its method, its depth and its edge-op table (None: ``--ops`` on every edge)."""
+    method = method if method is not None else METHODS.get(config.method)(config)
     model = speed.prepare(SEARCH_SPACES.get(config.space)(
-        C=config.init_channels, num_classes=info.num_classes, layers=config.layers,
+        C=config.init_channels, num_classes=info.num_classes, layers=config.layers if layers is None else layers,
         steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives, method=method,
+        **({} if edge_ops is None else {"edge_ops": edge_ops}),
     ))
     model.recompute = config.recompute
     if not method.learns_architecture:  # the alphas only give the edges' shape: nothing trains them
@@ -238,13 +252,32 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     info = data.info
     speed = speed or Speed(device)
     seed_everything(config.seed)
-    model, w_optimizer, architect = build_search(config, info, speed)
-    method = model.method
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        w_optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate_min)
-    if ctx.is_distributed:  # gradients of the global batch, one model on every rank
-        architect.average_gradients = ctx.average
-        ctx.broadcast_parameters(model)
+    method = METHODS.get(config.method)(config)
+    plan = method.stages()
+    first_epoch = [sum(s.epochs for s in plan[:i]) for i in range(len(plan))]  # global, 0-based
+    total_epochs = sum(s.epochs for s in plan)
+
+    def stage_of(epoch: int) -> int:
+        return max(i for i, first in enumerate(first_epoch) if first <= epoch)
+
+    def build_stage(index: int, edge_ops=None):
+        """The supernet, weight SGD, architect and cosine schedule of stage ``index``."""
+        model, w_optimizer, architect = build_search(config, info, speed, method, plan[index].layers, edge_ops)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            w_optimizer, T_max=max(plan[index].epochs, 1), eta_min=config.learning_rate_min)
+        if ctx.is_distributed:  # gradients of the global batch, one model on every rank
+            architect.average_gradients = ctx.average
+            ctx.broadcast_parameters(model)
+        return model, w_optimizer, architect, scheduler
+
+    # a run resumed inside a later stage rebuilds that stage's supernet from its recorded ops
+    stage = resume.get("stage", 0) if resume is not None else 0
+    if not 0 <= stage < len(plan):
+        raise CheckpointError(f"checkpoint {resume['path']} was taken in stage {stage + 1} of a search of "
+                              f"{len(plan)} stages: choose another --out, or pass --overwrite to start again")
+    model, w_optimizer, architect, scheduler = build_stage(
+        stage, table_from_json(resume["edge_ops"]) if stage > 0 else None)
+    if ctx.is_distributed:
         ctx.seed_ranks(config.seed)
     start_epoch = start_step = 0
 
@@ -272,7 +305,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         start_epoch, start_step = resume["epoch"], resume["step"]
         _lower_learning_rates(resume["config"], config, w_optimizer, scheduler, architect.optimizer, log)
         where = f"at step {start_step} of epoch {start_epoch + 1}" if start_step else f"after epoch {start_epoch}"
-        log.info(f"resuming {out} {where} of {config.epochs}")
+        log.info(f"resuming {out} {where} of {total_epochs}" + (f" (stage {stage + 1} of {len(plan)})"
+                                                                 if len(plan) > 1 else ""))
 
     n_weights = sum(p.numel() for p in model.weights())
     if ctx.is_main:
@@ -294,7 +328,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     if ctx.is_distributed:
         log.info(f"{ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size} = "
                  f"{ctx.world_size} x {config.batch_size // ctx.world_size}")
-    if config.layers < 3:
+    if len(plan) > 1:
+        log.info(f"{len(plan)} stages: " + "; ".join(
+            f"{s.epochs} epochs on {s.layers} cells" + (f", then {s.keep} ops per edge kept" if s.keep else "")
+            for s in plan))
+    if min(s.layers for s in plan) < 3:
         # Reductions sit at layers // 3 and 2 * layers // 3: below 3 cells every cell reduces.
         log.info(f"warning: with --layers {config.layers} every cell is a reduction cell, so the normal "
                  f"cell's alphas are never trained and its genotype is meaningless: use --layers 3 or more "
@@ -327,7 +365,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
             "arch_eval": arch_eval, "method": method.state_dict(), "data_split": data.split,
-            "edge_ops": table_to_json(model.edge_ops),
+            "edge_ops": table_to_json(model.edge_ops), "stage": stage, "total_epochs": total_epochs,
             **({"ada": {**ada, "eigenvalues": list(eigenvalues), "eigen_epochs": list(eigen_epochs)}}
                if config.early_stop == "ada" else {}),
         }
@@ -401,21 +439,32 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         if fired is not None:
             rollback(*fired, after=start_epoch)
             start_epoch = fired[0]
+    # (DARTS-ADA's rollbacks move next_epoch back; a staged search has no early stop: SearchConfig)
     epoch, next_epoch, first = start_epoch - 1, start_epoch, True
-    while next_epoch < (config.epochs if early_stop is None else start_epoch):
+    while next_epoch < (total_epochs if early_stop is None else start_epoch):
         epoch, next_epoch = next_epoch, next_epoch + 1
+        if stage_of(epoch) != stage:  # the previous stage has finished: prune its ops, build the next
+            table = method.next_edge_ops(model, stage, plan[stage])
+            stage = stage_of(epoch)
+            del model, w_optimizer, architect, scheduler
+            model, w_optimizer, architect, scheduler = build_stage(stage, table)
+            log.info(f"stage {stage + 1} of {len(plan)}: {plan[stage].layers} cells, "
+                     f"{_ops_per_edge(model)} candidate ops per edge")
+        if first or epoch == first_epoch[stage]:
+            method.start_stage(stage, plan[stage])
+        local = epoch - first_epoch[stage]  # the epoch within its stage
         set_epoch(data.weight_loader, epoch)
         resumed = resume is not None and first and start_step > 0
         first = False
         ada_fired = None
-        method.start_epoch(epoch, config.epochs)
+        method.start_epoch(local, plan[stage].epochs)
         try:
             metrics = search_one_epoch(
                 model, architect, data.weight_loader, data.arch_loader, w_optimizer, device=device,
                 grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
                 report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
                 progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
-                dist=ctx.sync, arch_update=epoch >= config.arch_warmup_epochs and method.learns_architecture)
+                dist=ctx.sync, arch_update=local >= config.arch_warmup_epochs and method.learns_architecture)
             # The last step's update may poison the weights after a finite loss: stop before
             # anything of this epoch is written.
             check_finite_state(model, epoch, metrics["steps"])
@@ -433,7 +482,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         ctx.check_replicas(model, genotype)
         learns = method.learns_architecture  # without: no alphas to record, show or diagnose
         diagnostics = epoch_diagnostics(model, genotype) if learns else {}
-        if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
+        if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == total_epochs):
             def measure() -> dict[str, Any]:  # under torchrun rank 0 measures on its shard, every rank gets it
                 batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
                 return dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
@@ -452,12 +501,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                              f"weight decay {ada['weight_decay']:g} x {config.ada_factor:g} would pass "
                              f"--ada-max-weight-decay {config.ada_max_weight_decay:g}: the search goes on unchanged")
                     ada_fired = None
-        record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
+        staged = {"stage": stage + 1} if len(plan) > 1 else {}
+        record = {"epoch": epoch + 1, **staged, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
                   **diagnostics, "elapsed": time.perf_counter() - start}
         score_epoch(scorer if ctx.is_main else None, genotype, record, board, log.info)  # --benchmark
         log.append_jsonl("metrics.jsonl", record)
-        log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
+        log.append_jsonl("history.jsonl", {"epoch": epoch + 1, **staged, "genotype": genotype.to_dict(),
                                            **candidate_ops(model), **(arch_history(model) if learns else {})})
         if ctx.is_main:
             save_genotype(genotype, out, config)
@@ -468,11 +518,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         snapshot = state(epoch + 1)
         path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints,
                                                  protect=protected()))
-        log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
+        log.info(f"epoch {epoch + 1}/{total_epochs}" + (f" (stage {stage + 1}, epoch {local + 1}/"
+                                                         f"{plan[stage].epochs})" if staged else "")
+                 + f"  lr {metrics['lr']:.5f}  train loss "
                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s"
                  + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
-                 + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
+                 + ("  (architecture warm-up: no architecture step yet)" if local < config.arch_warmup_epochs else ""))
         if learns:
             log.info("  collapse signs: parameter-free share " + ", ".join(
                 f"{t} {diagnostics[f'parameter_free_{t}']:.3f}" for t in model.cell_types())
@@ -488,7 +540,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         log.info(f"  {'genotype' if learns else 'probe'}: {genotype}")
         for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
             log.info(f"  warning: {warning}")
-        checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs or early_stop is not None)
+        checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == total_epochs or early_stop is not None)
         if early_stop is not None:
             back, rise = early_stop
             genotype = ctx.on_main(lambda: _genotype_of_epoch(out, back, genotype))
@@ -499,6 +551,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             rollback(*ada_fired, after=epoch + 1)
             next_epoch = ada_fired[0]
 
+    if early_stop is None:
+        final = method.final_genotype(model, genotype)
+        if final != genotype:
+            log.info(f"  final genotype ({method.title}'s derivation): {final}")
+        genotype = final
     digest = ctx.check_replicas(model, genotype)
     if ctx.is_distributed:
         log.info(f"all {ctx.world_size} processes hold the same weights, alphas and BatchNorm statistics "
@@ -508,13 +565,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         from .strategies.stage import supernet_stage
 
         genotype, strategy = supernet_stage(config, model, data, speed, log, out,
-                                            resuming=resume is not None and resume["epoch"] >= config.epochs,
+                                            resuming=resume is not None and resume["epoch"] >= total_epochs,
                                             bench_scorer=scorer)
     if ctx.is_main:
         save_genotype(genotype, out, config)
         board.diagrams.write(genotype, out)
     summary = {
-        "finished": True, "method": config.method, "space": config.space, "epochs": config.epochs,
+        "finished": True, "method": config.method, "space": config.space, "epochs": total_epochs,
         "genotype": genotype.to_dict(),
         **({"early_stop": {"rule": "es", "after_epoch": epoch + 1, "genotype_epoch": early_stop[0],
                            "ratio": early_stop[1]}} if early_stop is not None else {}),
@@ -531,6 +588,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     log.info(f"search finished in {summary['wall_time']:.1f} s; architecture-half accuracy "
              f"{arch_eval['acc']:.2f}%; genotype written to {out / 'genotype.json'}")
     return summary
+
+
+def _ops_per_edge(model) -> str:
+    """``5`` when every edge offers 5 ops, else ``normal 5, reduce 4``."""
+    counts = {t: len(model.edge_ops[t][0]) for t in model.cell_types()}
+    return str(next(iter(counts.values()))) if len(set(counts.values())) == 1 else ", ".join(
+        f"{t} {n}" for t, n in counts.items())
 
 
 def _es_stop(eigenvalues: list[float], epochs: list[int], config: SearchConfig) -> tuple[int, float] | None:

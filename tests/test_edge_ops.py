@@ -171,8 +171,8 @@ def test_a_search_records_and_checkpoints_its_per_edge_ops(tmp_path, monkeypatch
 
     real = search_module.build_search
 
-    def build(config, info, speed):  # the run loop with a per-edge supernet, whatever the space builds
-        model, w, a = real(config, info, speed)
+    def build(config, info, speed, *stage):  # the run loop with a per-edge supernet, whatever the space builds
+        model, w, a = real(config, info, speed, *stage)
         model2 = speed.prepare(Supernet(C=config.init_channels, num_classes=info.num_classes, layers=config.layers,
                                         steps=config.nodes, in_channels=info.in_channels, method=model.method,
                                         edge_ops=TABLE))

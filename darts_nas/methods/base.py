@@ -19,6 +19,12 @@ seam                               DARTS (this class's defaults)
 :meth:`genotype`                   the current genotype after an epoch: the supernet's derivation
 ``learns_architecture``            whether there are architecture parameters to learn: yes (the
                                    sampling methods: no architect step, no alphas recorded)
+:meth:`stages`                     the stage plan of a staged search (P-DARTS): one stage of
+                                   ``--epochs`` epochs on ``--layers`` cells
+:meth:`start_stage`                per-stage settings (P-DARTS's skip dropout rate): none
+:meth:`next_edge_ops`              the next stage's candidate ops per edge from the finished stage's
+                                   alphas: each edge's ``Stage.keep`` strongest (softmax) ops
+:meth:`final_genotype`             the genotype the search returns: the last epoch's
 =================================  ==================================================================
 
 The run loop sees "a method" and "named groups of architecture parameters" and nothing more:
@@ -31,7 +37,7 @@ registers itself in :data:`METHODS` (the package ``__init__`` imports it).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
@@ -58,6 +64,22 @@ class EdgePlan:
     weights: torch.Tensor
     active: list[int] | None = None
     edge_weights: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a search: ``epochs`` epochs on a fresh supernet of ``layers`` cells.
+
+    ``keep``: how many candidate ops each edge keeps for the next stage (None: the last stage);
+    ``settings``: the method's own per-stage values (P-DARTS's skip dropout rate), handed to
+    :meth:`Method.start_stage`. The run loop builds a new supernet, weight optimiser, learning
+    rate schedule and architect at the start of every stage; epochs are numbered globally.
+    """
+
+    epochs: int
+    layers: int
+    keep: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 _SEED_STRIDE = 1_000_003  # a prime: (seed, draw) pairs map to distinct generator seeds
@@ -177,6 +199,32 @@ class Method:
         derivation from its architecture parameters."""
         return model.genotype()
 
+    # -- stages --------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        """The stage plan: one stage of ``--epochs`` epochs on ``--layers`` cells (every method but
+        the staged ones). Needs ``self.config``."""
+        return [Stage(epochs=self.config.epochs, layers=self.config.layers)]
+
+    def start_stage(self, index: int, stage: Stage) -> None:
+        """Called when stage ``index`` (0-based) begins, and again when a run resumes inside it."""
+
+    def next_edge_ops(self, model: nn.Module, index: int, stage: Stage) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """The edge-op table of stage ``index + 1`` from the finished stage ``index``'s supernet:
+        each edge keeps its ``stage.keep`` ops of largest ``softmax(alpha)``, in its own column
+        order (:func:`darts_nas.edge_ops.top_k_columns`; ties: the earlier column)."""
+        from ..edge_ops import keep_columns, top_k_columns
+
+        table = {}
+        for t in model.cell_types():
+            probs = F.softmax(model.arch_group(f"alphas_{t}").detach().float().cpu(), dim=-1).tolist()
+            table[t] = keep_columns(model.edge_ops[t], top_k_columns(probs, model.edge_ops[t], stage.keep))
+        return table
+
+    def final_genotype(self, model: nn.Module, genotype):
+        """The genotype the search returns, given the last epoch's ``genotype`` (P-DARTS caps the
+        normal cell's skip connections here)."""
+        return genotype
+
     # -- schedules, state, what is shown -----------------------------------------------------------------
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called before epoch ``epoch`` (0-based) of ``epochs``; schedules change here."""
@@ -201,6 +249,9 @@ class Method:
     def describe(self) -> str:
         """``DARTS search, first order`` and the method's own settings, for the log."""
         order = "second order (unrolled)" if self.config is not None and self.config.unrolled else "first order"
-        details = ", ".join(f"--{name.replace('_', '-')} {getattr(self.config, name)}" for name in self.settings
+        def shown(value):  # a per-stage list as it is typed: 0.1,0.4,0.7
+            return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+        details = ", ".join(f"--{name.replace('_', '-')} {shown(getattr(self.config, name))}" for name in self.settings
                             if self.config is not None)
         return f"{self.title} search, {order}" + (f", {details}" if details else "")

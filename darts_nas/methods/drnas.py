@@ -16,7 +16,11 @@ What it changes (``../shared/reference/methods.md`` section 3.3, following the a
 
 The draws use torch's global generator, whose state every checkpoint holds, so a resumed search
 is bit-identical. The progressive schedule of the paper (partial channels K=6 then 4, the ops
-pruned from 7 to 4 between two stages) is not implemented yet.
+pruned from 7 to 4 between two stages) is not implemented yet. The run loop's stages
+(:meth:`Method.stages`, as P-DARTS uses them) are its frame; what it still needs is a partial-channel
+DrNAS edge, the carried alphas and Adam state (pruned columns gathered), the op weights and SGD
+momentum widened from C/6 to C/4 channels (the code's net2wider), one cosine schedule over both
+stages, and the architecture steps from epoch 10 of each stage.
 """
 
 from __future__ import annotations

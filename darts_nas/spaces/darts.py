@@ -13,9 +13,10 @@ from . import SEARCH_SPACES
 
 @SEARCH_SPACES.register("darts")
 def build_darts_supernet(C: int, num_classes: int, layers: int, steps: int, in_channels: int,
-                         primitives: Sequence[str] = PRIMITIVES, method=None, **_: object) -> Supernet:
+                         primitives: Sequence[str] = PRIMITIVES, method=None, edge_ops=None, **_: object) -> Supernet:
+    # edge_ops: each edge's own candidate ops (a pruned stage of P-DARTS), overriding primitives
     return Supernet(C=C, num_classes=num_classes, layers=layers, steps=steps,
-                    in_channels=in_channels, primitives=primitives, method=method)
+                    in_channels=in_channels, primitives=primitives, method=method, edge_ops=edge_ops)
 
 
 build_darts_supernet.ops = OPS  # the space's op registry: --ops are checked against it
