@@ -115,10 +115,11 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="search method: darts (softmax over every op), pc-darts (partial channels and edge "
                         "normalisation), gdas (one Gumbel-sampled op per edge), darts-minus (auxiliary skip), "
                         "beta-darts (beta-decay regulariser), sdarts-rs / sdarts-adv (perturbed weight step), "
-                        "drnas (Dirichlet mixing weights)")
+                        "drnas (Dirichlet mixing weights), fair-darts (sigmoid mixing weights, zero-one loss, "
+                        "threshold derivation)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -169,6 +170,13 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="drnas: l2 (Adam weight decay on the alphas, replacing --arch-weight-decay) or kl "
                         "(KL to Dir(1) in the architecture loss)")
     g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
+    g.add_argument("--zero-one-weight", type=float, default=d.zero_one_weight,
+                   help="fair-darts: weight of the zero-one loss added to the architecture loss (0: none)")
+    g.add_argument("--zero-one-loss", default=d.zero_one_loss, choices=["l2", "l1"],
+                   help="fair-darts: -mean (sigmoid - 0.5)^2 (l2, the published) or -mean |sigmoid - 0.5| (l1)")
+    g.add_argument("--fair-threshold", type=float, default=d.fair_threshold,
+                   help="fair-darts: each node's two strongest edges keep their best op only if its sigmoid weight "
+                        "is at least this, so a node may keep one input or none (0: always two)")
 
     g = p.add_argument_group("collapse diagnostics")
     g.add_argument("--hessian-every", type=int, default=d.hessian_every, metavar="N",
@@ -267,7 +275,8 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         skip_beta_schedule=args.skip_beta_schedule, beta_decay_scale=args.beta_decay_scale,
         sdarts_epsilon_min=args.sdarts_epsilon_min, sdarts_epsilon_max=args.sdarts_epsilon_max,
         sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
-        drnas_reg_scale=args.drnas_reg_scale, hessian_every=args.hessian_every,
+        drnas_reg_scale=args.drnas_reg_scale, zero_one_weight=args.zero_one_weight,
+        zero_one_loss=args.zero_one_loss, fair_threshold=args.fair_threshold, hessian_every=args.hessian_every,
         hessian_batches=args.hessian_batches, early_stop=args.early_stop, es_start_epoch=args.es_start_epoch,
         es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,

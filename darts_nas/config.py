@@ -157,6 +157,9 @@ class SearchConfig(_Settings):
     sdarts_attack_steps: int = 7  # SDARTS-ADV: PGD steps
     drnas_regulariser: str = "l2"  # DrNAS: l2 (Adam weight decay on the alphas) or kl
     drnas_reg_scale: float = 1e-3  # DrNAS: the regulariser's scale
+    zero_one_weight: float = 10.0  # FairDARTS: weight of the zero-one loss in the architecture loss
+    zero_one_loss: str = "l2"  # FairDARTS: -mean (sigmoid - 0.5)^2 (l2) or -mean |sigmoid - 0.5| (l1)
+    fair_threshold: float = 0.85  # FairDARTS: a kept edge's op needs this sigmoid weight (0: two inputs per node)
     # collapse diagnostics (darts_nas.diagnostics)
     hessian_every: int = 0  # the Hessian's dominant eigenvalue every N epochs (and after the last); 0: never
     hessian_batches: int = 1  # architecture-half batches the Hessian is taken over
@@ -259,7 +262,8 @@ class SearchConfig(_Settings):
 
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
-METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas")
+METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas",
+                "fair-darts")
 
 # Settings added to SearchConfig after the first release, with the value that reproduces a run
 # started before they existed: a config.json without them compares equal to these.
@@ -270,6 +274,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
     "benchmark": None, "benchmark_dataset": None,
+    "zero_one_weight": 10.0, "zero_one_loss": "l2", "fair_threshold": 0.85,
 }
 
 

@@ -322,7 +322,7 @@ class Genotype:
             dropped = [n for n in range(2, 2 + self.steps(cell)) if n not in live]
             if not self.live_concat(cell):
                 found.append(f"the {cell} cell keeps no path from its inputs to its output: no network can be "
-                             f"built from it (every weight is below the threshold; search longer or lower it)")
+                             f"built from it (every kept weight is below the threshold: search longer or lower --fair-threshold)")
             elif dropped:
                 found.append(f"the {cell} cell drops intermediate node(s) "
                              f"{', '.join(str(n - 2) for n in dropped)} (no input kept): the network leaves "
