@@ -246,6 +246,22 @@ def test_bad_sparse_cells_are_refused(normal, fragment):
     assert fragment in str(info.value)
 
 
+def test_sparse_cells_are_drawn_and_tabled_with_their_dropped_nodes():
+    from darts_nas.drawing import genotype_dots
+    from darts_nas.tracking import alpha_heatmap, genotype_markdown
+
+    g = parse(SPARSE)
+    dot = genotype_dots(g)["normal"]
+    assert 'n1 [label="1", fillcolor="#dddddd"]' in dot  # the dropped node, grey
+    assert 'n1 -> n3 [label="max_pool_3x3", style=dotted' in dot  # its edge computes nothing
+    assert 'in1 -> n3 [label="sep_conv_5x5"]' in dot and "n1 -> out" not in dot and "n3 -> out" in dot
+    table = genotype_markdown(g)
+    assert "| `1` | none: dropped | |" in table and "| `c_{k}` | `0`, `2`, `3` | concat |" in table
+    heat = alpha_heatmap("normal", torch.zeros(14, 7), OPS7, g)
+    assert (0, OPS7.index("sep_conv_3x3")) in heat.marked and (9 + 3, OPS7.index("max_pool_3x3")) in heat.marked
+    assert len(heat.marked) == 6
+
+
 # ---------------------------------------------------------------------------------------------
 # The final network
 # ---------------------------------------------------------------------------------------------
