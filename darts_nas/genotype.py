@@ -115,15 +115,19 @@ def _to_cell(value: Any, name: str) -> tuple[tuple[tuple[str, int], ...], tuple[
         op, j = pair
         _check_op(op, where)
         j = _as_int(j, f"the input of {where}")
-        node = 2 + k // 2
-        if not 0 <= j < node:
-            raise GenotypeError(
-                f"{where} = ({op!r}, {j}) feeds intermediate node {node - 2} (index {node}) from index {j}, but "
-                f"that node can only take indices 0..{node - 1} ({_drawn_range(node - 1)}); use an input "
-                f"index in that range"
-            )
+        _check_input(f"{where} = ({op!r}, {j})", 2 + k // 2, j)
         pairs.append((str(op), j))
     return tuple(pairs), None
+
+
+def _check_input(shown: str, node: int, j: int) -> None:
+    """Node ``node`` (index >= 2) may read indices 0 .. node - 1."""
+    if not 0 <= j < node:
+        raise GenotypeError(
+            f"{shown} feeds intermediate node {node - 2} (index {node}) from index {j}, but "
+            f"that node can only take indices 0..{node - 1} ({_drawn_range(node - 1)}); use an input "
+            f"index in that range"
+        )
 
 
 def _check_op(op: Any, where: str) -> None:
@@ -162,12 +166,7 @@ def _to_sparse_cell(value: Any, name: str) -> tuple[tuple[tuple[str, int], ...],
                 f"{where} = ({op!r}, {node}, {j}) feeds index {node}, which is not an intermediate node; "
                 f"intermediate nodes are indices 2..{MAX_NODES + 1} (0 and 1 are the cell inputs)"
             )
-        if not 0 <= j < node:
-            raise GenotypeError(
-                f"{where} = ({op!r}, {node}, {j}) feeds intermediate node {node - 2} (index {node}) from index "
-                f"{j}, but that node can only take indices 0..{node - 1} ({_drawn_range(node - 1)}); use an "
-                f"input index in that range"
-            )
+        _check_input(f"{where} = ({op!r}, {node}, {j})", node, j)
         if nodes and node < nodes[-1]:
             raise GenotypeError(
                 f"{where} feeds node {node} after an edge into node {nodes[-1]}; list the edges node by node, "
