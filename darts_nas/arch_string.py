@@ -167,6 +167,36 @@ def parse_arch(text: str) -> ArchGenotype:
     return ArchGenotype(tuple(ops))
 
 
+def isomorphism_key(arch: "ArchGenotype | str") -> str:
+    """The benchmark's key for a cell up to isomorphism: two arch strings with the same key compute
+    the same function (given the ops' weights), so the benchmark counts them as one topology.
+
+    Each node is written as the sorted ``+``-join of its incoming terms: ``none`` (or any op on a
+    node that is exactly zero) is the zero term ``#``, ``skip_connect`` passes its input's text
+    through, any other op wraps it as ``(input)op``. Zero terms are kept and node texts are not
+    bracketed, the NAS-Bench-201 / NATS-Bench convention (``to_unique_str(consider_zero=True)``):
+    with it the 15,625 cells fall into the 6,466 unique topologies that NATS-Bench's tests assert
+    (``../shared/reference/benchmark-data.md`` B1), which ``tests/test_bench_formats.py`` checks
+    on the real arch list. The key is conservative: equal keys mean equivalent cells, but a few
+    equivalent cells get different keys (a zero term left in a node's text can keep two swapped
+    parallel ops apart); merging those would no longer be the benchmark's count."""
+    cell = arch if isinstance(arch, ArchGenotype) else parse_arch(arch)
+    nodes = ["0"]
+    for i in range(1, NODES):
+        terms = []
+        for (node, j), op in zip(EDGES, cell.ops):
+            if node != i:
+                continue
+            if op == "none" or nodes[j] == "#":
+                terms.append("#")
+            elif op == "skip_connect":
+                terms.append(nodes[j])
+            else:
+                terms.append(f"({nodes[j]})@{op}")
+        nodes.append("+".join(sorted(terms)))
+    return nodes[-1]
+
+
 def derive_arch(alphas: Any, primitives: Sequence[str] = NB201_PRIMITIVES) -> ArchGenotype:
     """The benchmark's derivation: each edge keeps its strongest op, ``none`` included.
     ``alphas``: (6, num_ops) logits (or softmaxed weights; a nested list or a tensor). Ties go to

@@ -7,8 +7,8 @@ the benchmark's seeds, go into metrics.jsonl (``benchmark_valid_acc``, ``benchma
 accuracy-of-the-derived-cell curve the papers plot) and summary.json (``benchmark``). This costs
 one small file read per epoch, no training.
 
-The benchmark's dataset is the search's (``cifar10``, ``cifar10-valid``, ``cifar100``,
-``imagenet16-120``) unless ``--benchmark-dataset`` names one, as a search on another dataset
+The benchmark's dataset is the search's (``cifar10``, ``cifar10-valid``, ``cifar100`` and its
+halves, ``imagenet16-120`` and its halves) unless ``--benchmark-dataset`` names one, as a search on another dataset
 (digits, say) must.
 """
 
@@ -22,7 +22,8 @@ from .errors import BenchmarkError, ConfigError
 
 # The search's dataset -> the benchmark's name for the same data.
 SEARCH_TO_BENCH = {"cifar10": "cifar10", "cifar10-valid": "cifar10-valid", "cifar100": "cifar100",
-                   "imagenet16-120": "ImageNet16-120"}
+                   "cifar100-xvalid": "cifar100", "cifar100-xtest": "cifar100", "imagenet16-120": "ImageNet16-120",
+                   "imagenet16-120-xvalid": "ImageNet16-120", "imagenet16-120-xtest": "ImageNet16-120"}
 
 
 class BenchmarkScorer:
@@ -63,8 +64,12 @@ class BenchmarkScorer:
             self.last = None
             return {"benchmark_valid_acc": None, "benchmark_test_acc": None, "benchmark_index": None}
         self.last = result
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2f}%"
+
+        match = "" if result.get("match", "exact") == "exact" else ", an isomorphic cell's entry"
         warn(f"  benchmark ({self.dataset}, {result['hp']} epochs, mean of seeds {result['seeds']}): valid "
-             f"{result['valid_acc']:.2f}%  test {result['test_acc']:.2f}%  (index {result['index']})")
+             f"{pct(result['valid_acc'])}  test {pct(result['test_acc'])}  (index {result['index']}{match})")
         return {"benchmark_valid_acc": result["valid_acc"], "benchmark_test_acc": result["test_acc"],
                 "benchmark_index": result["index"]}
 

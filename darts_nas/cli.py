@@ -76,8 +76,10 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=d.dataset,
                    help="cifar10, cifar100, mnist, fashion-mnist, svhn, folder (a directory of class "
                         "subfolders of images), digits (scikit-learn's 8x8 digits, no download), "
-                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes) or cifar10-valid "
-                        "(CIFAR-10's training set: first half for the weights, second for the alphas)")
+                        "imagenet16-120 (NAS-Bench-201's 16x16 ImageNet, 120 classes), cifar10-valid "
+                        "(CIFAR-10's training set: first half for the weights, second for the alphas), or "
+                        "cifar100-xvalid / imagenet16-120-xvalid (the training set for the weights, the benchmark's "
+                        "x-valid half of the test set for the alphas; the split file goes in --data)")
     g.add_argument("--data", default=d.data, help="directory that holds the dataset (for folder: the image directory)")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=d.image_size,
@@ -87,7 +89,8 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
     g.add_argument("--benchmark", default=None, metavar="PATH",
                    help="with --space nas-bench-201: look up the derived cell after every epoch in this NAS-Bench-201 "
-                        "data (the NATS-Bench topology directory NATS-tss-v1_0-3ffb9-simple) and record its 200-epoch "
+                        "data (NAS-Bench-201-v1_[01]-*.pth, NATS-tss-v1_0-3ffb9.pickle.pbz2, the directory "
+                        "NATS-tss-v1_0-3ffb9-simple, or an index from 'darts-bench index') and record its 200-epoch "
                         "accuracies in metrics.jsonl, TensorBoard and summary.json")
     g.add_argument("--benchmark-dataset", default=None, metavar="NAME",
                    help="the benchmark's dataset to score by (cifar10, cifar10-valid, cifar100, ImageNet16-120); "
@@ -566,7 +569,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None,
                    help="cifar10 (cifar protocol), imagenet (imagenet protocol: train/ and val/ class folders), "
                         "cifar100, mnist, fashion-mnist, svhn, folder, digits, imagenet16-120, cifar10-valid (trains "
-                        "on the first half of CIFAR-10's training set, tests on the second)")
+                        "on the first half of CIFAR-10's training set, tests on the second), cifar100-xvalid, "
+                        "cifar100-xtest, imagenet16-120-xvalid, imagenet16-120-xtest (trains on the training set, "
+                        "tests on the benchmark's x-valid or x-test half of the test set)")
     g.add_argument("--data", default="data", help="directory that holds the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset into --data if it is missing")
     g.add_argument(*_flag("--image-size", "--image_size"), type=int, default=None,
@@ -607,6 +612,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
     _add_seeds_flag(g)
+    g.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-validated evaluation: deal the train split into K stratified folds (seeded by "
+                        "--seed) and train K models, model i in <out>/fold-<i> on all folds but i, tested on fold i "
+                        "and on the test split; then <out>/summary.json holds the mean and sample std of the "
+                        "held-out accuracy and each fold's test accuracy (resumable as --seeds); needs --out")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument(*_flag("--out", "--save"), default=None,
                    help="run directory (default: runs/train-<dataset>-<time>); one run at a time may use it (a lock)")
@@ -664,8 +674,17 @@ def train_config_from_args(args: argparse.Namespace):
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=False if args.no_tensorboard else None, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
-        **_speed_settings(args),
+        folds=getattr(args, "folds", None), **_speed_settings(args),
     )
+
+
+def _over_folds(run, args: argparse.Namespace):
+    """``run``, or with ``--folds K`` a run of every fold followed by the aggregate (darts_nas.repeat)."""
+    if args.folds is None:
+        return run
+    from .repeat import run_folds
+
+    return lambda config, quiet=False, **kw: run_folds(run, config, quiet=quiet, **kw)
 
 
 @_one_line_on_interrupt
@@ -680,11 +699,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     run, FINISHED = train.run, train.FINISHED
     RESUMABLE_CHANGES, RESUME_LEARNING_RATES = train.RESUMABLE_CHANGES, train.RESUME_LEARNING_RATES
     given = _given_flags(build_train_parser, argv)
-    if args.seeds is not None and args.resume is not None:
-        print_error("--resume continues one run: to continue a --seeds run, run its command again")
+    if (args.seeds is not None or args.folds is not None) and args.resume is not None:
+        print_error("--resume continues one run: to continue a --seeds or --folds run, run its command again")
+        return 2
+    if args.seeds is not None and args.folds is not None:
+        print_error("--seeds and --folds both given: cross-validate with one seed per command (--seed S --folds K "
+                    "--out PARENT-S)")
         return 2
     if args.resume is None:
-        return _run(_over_seeds(run, args, "train", given), lambda: train_config_from_args(args), args.quiet)
+        return _run(_over_folds(_over_seeds(run, args, "train", given), args), lambda: train_config_from_args(args),
+                    args.quiet)
     return _run(run, lambda: resumed_config(args.resume, "train", given, train_config_from_args(args),
                                             FINISHED, RESUMABLE_CHANGES | RESUME_LEARNING_RATES),
                 args.quiet, resume_only=True)

@@ -273,7 +273,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
-    "benchmark": None, "benchmark_dataset": None,
+    "benchmark": None, "benchmark_dataset": None, "folds": None, "fold": None,
     "zero_one_weight": 10.0, "zero_one_loss": "l2", "fair_threshold": 0.85,
 }
 
@@ -395,6 +395,10 @@ class TrainConfig(_Settings):
     keep_checkpoints: int = 2  # newest numbered checkpoints kept in the run directory
     checkpoint_every: int | None = None  # also checkpoint inside an epoch every N steps
     checkpoint_minutes: float | None = None  # ... and every M minutes
+    # cross-validated evaluation (darts_nas.repeat.run_folds): train on all folds of the train
+    # split but ``fold`` (0-based), of ``folds`` stratified folds seeded by ``seed``, and test on it too
+    folds: int | None = None
+    fold: int | None = None
     # speed (darts_nas.accel, darts_nas.device_data)
     amp: bool = False
     channels_last: bool | None = None  # None: on for the CPU, off for CUDA
@@ -447,6 +451,15 @@ class TrainConfig(_Settings):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("--nesterov needs a positive --momentum")
+        if self.folds is not None and (isinstance(self.folds, bool) or self.folds < 2):
+            raise ConfigError(f"--folds must be at least 2, got {self.folds}: pass e.g. --folds 5")
+        if self.fold is not None and (self.folds is None or not 0 <= self.fold < self.folds):
+            raise ConfigError(f"fold {self.fold} is not one of the {self.folds} folds: folds are numbered 0 to "
+                              f"K - 1 under --folds K")
+        if self.folds is not None and self.compare:
+            raise ConfigError("--folds and --compare both given: cross-validate one cell per command")
+        if self.folds is not None and self.gpu_data:
+            raise ConfigError("--gpu-data does not read the folds of --folds: drop --gpu-data")
         if (self.network == SPACE) != (self.protocol == SPACE):
             raise ConfigError("the NAS-Bench-201 network trains under --protocol nas-bench-201 and only it: use "
                               "--space nas-bench-201 (which implies it), or leave out --network nas-bench-201")

@@ -1081,6 +1081,10 @@ class TrainTestData:
     num_train: int
     num_test: int
     split: dict[str, Any] | None = None  # data_split(): which training and test images
+    # --folds K --fold i: the held-out fold i of the train split (test transform, in order); the
+    # training loader then reads the other K - 1 folds.
+    heldout_loader: DataLoader | None = None
+    num_heldout: int = 0
 
 
 def train_test_data(
@@ -1093,13 +1097,32 @@ def train_test_data(
     image_size: int | None = None,
     cutout: int = 0,
     device_type: str | torch.device = "cpu",
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> TrainTestData:
-    """Loaders over the full train split (augmentation + cutout, shuffled) and the test split."""
+    """Loaders over the full train split (augmentation + cutout, shuffled) and the test split.
+
+    With ``folds`` K and ``fold`` i (cross-validated evaluation), the train split is dealt into K
+    stratified folds seeded by ``seed`` (:func:`stratified_folds`; the same folds for every i):
+    the training loader reads the other K - 1 folds and ``heldout_loader`` reads fold i with the
+    test transform."""
     _check_loader_args(batch_size, workers)
     info = get_info(name, root, image_size)
     train_transform = build_transform(info, train=True, cutout=cutout)
-    train_set, info = load_dataset(name, root, "train", download, image_size, train_transform)
-    test_set, _ = load_dataset(name, root, "test", download, image_size, build_transform(info, train=False))
+    test_transform = build_transform(info, train=False)
+    heldout_set = None
+    if folds is None:
+        train_set, info = load_dataset(name, root, "train", download, image_size, train_transform)
+    else:
+        whole, info = load_dataset(name, root, "train", download, image_size)
+        parts = stratified_folds(dataset_labels(whole), folds, seed)
+        kept = sorted(i for k, part in enumerate(parts) if k != fold for i in part)
+        train_set = TransformedSubset(whole, kept, train_transform)
+        heldout_set = TransformedSubset(whole, parts[fold], test_transform)
+        if len(parts[fold]) < 1 or len(kept) < batch_size:
+            raise DataError(f"{len(kept)} training images in the other folds of {name} cannot fill a batch of "
+                            f"{batch_size}: pass a smaller --batch-size or fewer --folds")
+    test_set, _ = load_dataset(name, root, "test", download, image_size, test_transform)
     return TrainTestData(
         train_loader=_make_loader(train_set, batch_size, True, seed + 1, workers, device_type,
                                   drop_last=len(train_set) % batch_size == 1),
@@ -1107,8 +1130,31 @@ def train_test_data(
         info=info,
         num_train=len(train_set),
         num_test=len(test_set),
-        split=data_split(train_set, test_set),
+        split=data_split(train_set, test_set, *([heldout_set] if heldout_set is not None else [])),
+        heldout_loader=(None if heldout_set is None else
+                        _make_loader(heldout_set, batch_size, False, seed + 3, workers, device_type)),
+        num_heldout=0 if heldout_set is None else len(heldout_set),
     )
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """The label of every item of ``dataset``, read without decoding images where the dataset
+    keeps its labels (``targets``, ``labels``, ``samples``: torchvision's classes, digits, the
+    image folders); otherwise (a dataset that only yields pairs) by reading every item."""
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return [label for part in dataset.datasets for label in dataset_labels(part)]
+    inner, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    if inner is not None and indices is not None:  # Subset, TransformedSubset
+        labels = dataset_labels(inner)
+        return [labels[int(i)] for i in indices]
+    for attribute in ("targets", "labels"):
+        found = getattr(dataset, attribute, None)
+        if found is not None and not isinstance(found, (str, bytes)) and len(found) == len(dataset):
+            return [int(label) for label in (found.tolist() if hasattr(found, "tolist") else found)]
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and len(samples) == len(dataset):
+        return [int(label) for _, label in samples]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
 
 
 # The NAS-Bench-201 datasets (imagenet16-120, ...) register themselves in DATASETS; imported last

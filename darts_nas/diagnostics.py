@@ -184,17 +184,19 @@ def collapse_warnings(eigenvalues: Sequence[float], genotype) -> list[str]:
     return signs
 
 
-def epoch_diagnostics(model: nn.Module, genotype, primitives: Sequence[str]) -> dict[str, float | int]:
+def epoch_diagnostics(model: nn.Module, genotype, primitives=None) -> dict[str, float | int]:
     """The always-on statistics of an epoch (a few softmaxes over the alphas: no measurable cost):
-    per cell type the mean share of the mixing weight on parameter-free ops (pooling and skip,
-    ``none`` excluded) and the mean entropy of the mixing weights; the derived normal cell's skip
-    connections."""
+    per cell type the mean share of the mixing weight on parameter-free ops (pooling, skip and
+    S4's noise; ``none`` excluded) and the mean entropy of the mixing weights; the derived normal
+    cell's skip connections. Each edge is read with its own ops (``model.edge_ops``, see
+    :mod:`darts_nas.edge_ops`; ``primitives``, one shared op list, overrides it)."""
     from .tracking import alpha_entropy, alpha_probabilities, parameter_free_weight
 
     out: dict[str, float | int] = {}
     for cell in model.cell_types():
         probs = alpha_probabilities(model.arch_group(f"alphas_{cell}"))
-        out[f"parameter_free_{cell}"] = parameter_free_weight(probs, primitives)
+        ops = primitives if primitives is not None else model.edge_ops[cell]
+        out[f"parameter_free_{cell}"] = parameter_free_weight(probs, ops)
         out[f"entropy_{cell}"] = alpha_entropy(probs)
     skips = skip_connections(genotype)
     if skips is not None:

@@ -411,10 +411,12 @@ class Distributed:
         b = per_rank_batch(batch_size, self.world_size)
         train = data.train_loader
         sampler = ShardedPassSampler(len(train.dataset), train.sampler.seed, batch_size, self.rank, self.world_size)
-        test = data.test_loader
+        test, heldout = data.test_loader, data.heldout_loader
         return replace(data, train_loader=_rebuild(train, sampler, b, self._offset()),
                        test_loader=_rebuild(test, ShardSampler(len(test.dataset), self.rank, self.world_size),
-                                            b, self._offset()))
+                                            b, self._offset()),
+                       heldout_loader=heldout if heldout is None else _rebuild(
+                           heldout, ShardSampler(len(heldout.dataset), self.rank, self.world_size), b, self._offset()))
 
     # -- random states -------------------------------------------------------------------------
     def seed_ranks(self, seed: int, salt: int = 0) -> None:

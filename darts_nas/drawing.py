@@ -135,7 +135,8 @@ FONT_SIZE, TITLE_SIZE = 14, 17
 
 def draw_heatmap(heatmap: Heatmap) -> Image.Image:
     """The heatmap as an RGB image: title, column labels on top, row labels on the left, one
-    coloured cell per value with the value printed in it, boxed marked cells, and a colour bar."""
+    coloured cell per value with the value printed in it, boxed marked cells, and a colour bar.
+    A NaN value is a cell that does not exist (an op an edge does not offer): blank, ``-``."""
     values = np.asarray(heatmap.values, dtype=np.float64)
     n_rows, n_cols = values.shape
     if len(heatmap.rows) != n_rows or len(heatmap.columns) != n_cols:
@@ -168,18 +169,19 @@ def draw_heatmap(heatmap: Heatmap) -> Image.Image:
 
     # The colours span this matrix's own range (shown on the colour bar): early in a search every
     # weight is near 1/num_ops, and a fixed 0..1 scale would paint them all the same.
-    vmin, vmax = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    present = ~np.isnan(values)
+    vmin, vmax = (float(values[present].min()), float(values[present].max())) if present.any() else (0.0, 1.0)
     span = vmax - vmin if vmax > vmin else 1.0
-    colours = colormap((values - vmin) / span)  # (rows, cols, 3)
+    colours = colormap(np.where(present, (values - vmin) / span, 0.0))  # (rows, cols, 3)
     for r in range(n_rows):
         y0 = y_of[r]
         w, h = _text_size(draw, heatmap.rows[r], f)
         draw.text((left - 10 - w, y0 + (CELL_H - FONT_SIZE) // 2), heatmap.rows[r], fill=TEXT_COLOUR, font=f)
         for c in range(n_cols):
             x0 = left + c * cell_w
-            rgb = tuple(int(v) for v in colours[r, c])
+            rgb = tuple(int(v) for v in colours[r, c]) if present[r, c] else BACKGROUND
             draw.rectangle([x0, y0, x0 + cell_w - 1, y0 + CELL_H - 1], fill=rgb, outline=BACKGROUND)
-            text = f"{values[r, c]:.3f}"
+            text = f"{values[r, c]:.3f}" if present[r, c] else "-"
             tw, _ = _text_size(draw, text, f)
             draw.text((x0 + (cell_w - tw) // 2, y0 + (CELL_H - FONT_SIZE) // 2), text, fill=_ink_for(rgb), font=f)
     for r, c in sorted(heatmap.marked):

@@ -991,46 +991,89 @@ def _edge_weights(alphas: Any, num_ops: int, name: str, normalise: bool = True) 
     return (torch.softmax(t, dim=-1) if normalise else t).tolist()
 
 
-def derive_cell(
-    alphas: Any, primitives: Sequence[str] = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
-) -> tuple[tuple[tuple[str, int], ...], int]:
-    """Discretise one cell's alphas (num_edges, len(primitives)) into ``(pairs, steps)``.
+def _is_per_edge(primitives: Any) -> bool:
+    """Whether ``primitives`` is one op list per edge rather than one list of op names."""
+    return (isinstance(primitives, Sequence) and not isinstance(primitives, str) and len(primitives) > 0
+            and all(isinstance(p, Sequence) and not isinstance(p, str) for p in primitives))
 
-    See :func:`derive` for the rule. ``edge_scale`` (num_edges,) multiplies each edge's weights
-    before the edges are ranked (PC-DARTS's normalised betas); it cannot change an edge's op.
+
+def _edge_primitives(primitives: Sequence[Sequence[str]], name: str) -> list[tuple[str, ...]]:
+    """Per-edge op lists, each checked, all of one length."""
+    rows = [_check_primitives(p) for p in primitives]
+    if len({len(r) for r in rows}) != 1:
+        raise GenotypeError(f"{name}: the per-edge op lists differ in length; every edge needs as many ops "
+                            f"as the alphas have columns")
+    return rows
+
+
+def _cell_weights(alphas: Any, primitives: Any, name: str, normalise: bool = True
+                  ) -> tuple[list[list[float]], list[tuple[str, ...]]]:
+    """One cell's weights (softmax, or the checked logits) and each edge's op list."""
+    if _is_per_edge(primitives):
+        per_edge = _edge_primitives(primitives, name)
+        weights = _edge_weights(alphas, len(per_edge[0]), name, normalise)
+        if len(per_edge) != len(weights):
+            raise GenotypeError(f"{name}: {len(per_edge)} per-edge op lists for {len(weights)} edges; give one per edge")
+    else:
+        names = _check_primitives(primitives)
+        weights = _edge_weights(alphas, len(names), name, normalise)
+        per_edge = [names] * len(weights)
+    return weights, per_edge
+
+
+def _strongest_two(weights: list[list[float]], per_edge: list[tuple[str, ...]], name: str,
+                   threshold: float | None = None) -> tuple[list[tuple[str, int, int]], int]:
+    """Each node's two edges with the largest weight other than ``none`` (ties: lower input index
+    first), each with its argmax op other than ``none`` (ties: the earlier primitive), strongest
+    edge first, as ``(op, node, input)``; with ``threshold``, only the edges whose op weight reaches
+    it (FairDARTS). Returns the triples and the number of intermediate nodes."""
+    steps = _steps_from_edges(len(weights), name)
+    candidates = [[k for k in range(len(ops)) if ops[k] != "none"] for ops in per_edge]
+    triples: list[tuple[str, int, int]] = []
+    start = 0
+    for i in range(steps):
+        rows = weights[start:start + 2 + i]  # node 2 + i's edges, from inputs 0 .. 1 + i
+        cands = candidates[start:start + 2 + i]
+        ops = per_edge[start:start + 2 + i]
+        start += 2 + i
+        strength = [max(row[k] for k in c) for row, c in zip(rows, cands)]
+        # Stable sort: among equally strong edges the lower input index comes first.
+        ranked = sorted(range(len(rows)), key=strength.__getitem__, reverse=True)
+        for j in ranked[:2]:
+            best = cands[j][0]
+            for k in cands[j][1:]:
+                if rows[j][k] > rows[j][best]:  # strict: ties go to the earlier primitive
+                    best = k
+            if threshold is None or rows[j][best] >= threshold:
+                triples.append((ops[j][best], 2 + i, j))
+    return triples, steps
+
+
+def derive_cell(
+    alphas: Any, primitives: Any = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
+) -> tuple[tuple[tuple[str, int], ...], int]:
+    """Discretise one cell's alphas (num_edges, num_ops) into ``(pairs, steps)``.
+
+    See :func:`derive` for the rule. ``primitives`` is the op list of every edge, or one list per
+    edge (column ``k`` of row ``e`` is op ``primitives[e][k]``); each edge's ``none`` (where it
+    has one) is left out of its ranking and its argmax. ``edge_scale`` (num_edges,) multiplies each
+    edge's weights before the edges are ranked (PC-DARTS's normalised betas); it cannot change an
+    edge's op.
     """
-    names = _check_primitives(primitives)
-    weights = _edge_weights(alphas, len(names), name)
+    weights, per_edge = _cell_weights(alphas, primitives, name)
     if edge_scale is not None:
         scale = torch.as_tensor(edge_scale).detach().double().cpu().reshape(-1).tolist()
         if len(scale) != len(weights):
             raise GenotypeError(f"{name}: {len(scale)} edge weights for {len(weights)} edges")
         weights = [[w * f for w in row] for row, f in zip(weights, scale)]
-    steps = _steps_from_edges(len(weights), name)
-    none = names.index("none") if "none" in names else None
-    candidates = [k for k in range(len(names)) if k != none]
-
-    pairs: list[tuple[str, int]] = []
-    start = 0
-    for i in range(steps):
-        rows = weights[start:start + 2 + i]  # node 2 + i's edges, from inputs 0 .. 1 + i
-        start += 2 + i
-        strength = [max(row[k] for k in candidates) for row in rows]
-        # Stable sort: among equally strong edges the lower input index comes first.
-        ranked = sorted(range(len(rows)), key=strength.__getitem__, reverse=True)
-        for j in ranked[:2]:
-            best = candidates[0]
-            for k in candidates[1:]:
-                if rows[j][k] > rows[j][best]:  # strict: ties go to the earlier primitive
-                    best = k
-            pairs.append((names[best], j))
-    return tuple(pairs), steps
+    triples, steps = _strongest_two(weights, per_edge, name)
+    return tuple((op, j) for op, _, j in triples), steps
 
 
 def derive(
     alphas_normal: Any,
     alphas_reduce: Any,
-    primitives: Sequence[str] = PRIMITIVES,
+    primitives: Any = PRIMITIVES,
     multiplier: int | None = None,
     edge_scale: tuple[Any, Any] | None = None,
 ) -> Genotype:
@@ -1052,10 +1095,18 @@ def derive(
 
     ``edge_scale`` (normal, reduce), each None or (num_edges,): factors of each edge's weights
     for the ranking (PC-DARTS multiplies each edge's op weights by its normalised beta).
+
+    ``primitives`` may also be an edge-op table, ``{"normal": per-edge op lists, "reduce": ...}``
+    (RobustDARTS's spaces, pruned P-DARTS/DrNAS stages; :mod:`darts_nas.edge_ops`): each edge is
+    then read with its own ops, ``none`` excluded where the edge has it.
     """
     scale_normal, scale_reduce = edge_scale if edge_scale is not None else (None, None)
-    pairs_normal, steps_normal = derive_cell(alphas_normal, primitives, "alphas_normal", scale_normal)
-    pairs_reduce, steps_reduce = derive_cell(alphas_reduce, primitives, "alphas_reduce", scale_reduce)
+    if isinstance(primitives, Mapping):
+        normal_ops, reduce_ops = primitives["normal"], primitives["reduce"]
+    else:
+        normal_ops = reduce_ops = primitives
+    pairs_normal, steps_normal = derive_cell(alphas_normal, normal_ops, "alphas_normal", scale_normal)
+    pairs_reduce, steps_reduce = derive_cell(alphas_reduce, reduce_ops, "alphas_reduce", scale_reduce)
 
     def concat(steps: int) -> list[int]:
         m = steps if multiplier is None else _as_int(multiplier, "multiplier")
@@ -1073,33 +1124,17 @@ def derive(
     )
 
 
-def derive_threshold_cell(alphas: Any, primitives: Sequence[str] = PRIMITIVES, threshold: float = 0.85,
+def derive_threshold_cell(alphas: Any, primitives: Any = PRIMITIVES, threshold: float = 0.85,
                           name: str = "alphas") -> tuple[tuple[str, int, int], ...]:
-    """FairDARTS's ``threshold_sparse`` rule on one cell's alphas (num_edges, len(primitives)):
-    ``(op, node, input)`` triples. See :func:`derive_threshold`."""
-    names = _check_primitives(primitives)
-    t = torch.as_tensor(_edge_weights(alphas, len(names), name, normalise=False))
-    weights = torch.sigmoid(t.float()).tolist()
-    steps = _steps_from_edges(len(weights), name)
-    candidates = [k for k in range(len(names)) if names[k] != "none"]
-    triples: list[tuple[str, int, int]] = []
-    start = 0
-    for i in range(steps):
-        rows = weights[start:start + 2 + i]
-        start += 2 + i
-        strength = [max(row[k] for k in candidates) for row in rows]
-        ranked = sorted(range(len(rows)), key=strength.__getitem__, reverse=True)  # stable: lower input first
-        for j in ranked[:2]:
-            best = candidates[0]
-            for k in candidates[1:]:
-                if rows[j][k] > rows[j][best]:  # strict: ties go to the earlier primitive
-                    best = k
-            if rows[j][best] >= threshold:
-                triples.append((names[best], 2 + i, j))
-    return tuple(triples)
+    """FairDARTS's ``threshold_sparse`` rule on one cell's alphas (num_edges, num_ops), ``primitives``
+    one op list or one per edge as for :func:`derive_cell`: ``(op, node, input)`` triples. See
+    :func:`derive_threshold`."""
+    logits, per_edge = _cell_weights(alphas, primitives, name, normalise=False)
+    weights = torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()  # as the code: float32
+    return tuple(_strongest_two(weights, per_edge, name, threshold)[0])
 
 
-def derive_threshold(alphas_normal: Any, alphas_reduce: Any, primitives: Sequence[str] = PRIMITIVES,
+def derive_threshold(alphas_normal: Any, alphas_reduce: Any, primitives: Any = PRIMITIVES,
                      threshold: float = 0.85, multiplier: int | None = None) -> Genotype:
     """The genotype that FairDARTS's code derives (``parse`` with ``threshold_sparse``, its default
     and the rule of its published cells; ``../shared/reference/methods.md`` section 3.8).
@@ -1113,8 +1148,12 @@ def derive_threshold(alphas_normal: Any, alphas_reduce: Any, primitives: Sequenc
     nodes without input out of it. ``threshold`` 0 is FairDARTS's ``--parse_method darts``: two
     inputs per node, ranked by the sigmoid weights.
     """
-    normal = derive_threshold_cell(alphas_normal, primitives, threshold, "alphas_normal")
-    reduce = derive_threshold_cell(alphas_reduce, primitives, threshold, "alphas_reduce")
+    if isinstance(primitives, Mapping):  # an edge-op table, as for derive
+        normal_ops, reduce_ops = primitives["normal"], primitives["reduce"]
+    else:
+        normal_ops = reduce_ops = primitives
+    normal = derive_threshold_cell(alphas_normal, normal_ops, threshold, "alphas_normal")
+    reduce = derive_threshold_cell(alphas_reduce, reduce_ops, threshold, "alphas_reduce")
     steps = {cell: _steps_from_edges(len(torch.as_tensor(a)), f"alphas_{cell}")
              for cell, a in (("normal", alphas_normal), ("reduce", alphas_reduce))}
 
@@ -1169,6 +1208,20 @@ def load_cell(name: str) -> Genotype:
     return Genotype.load(cells_dir() / f"{key}.json")
 
 
+def published_results(name: str) -> list[dict[str, Any]]:
+    """The published results a cell of :func:`list_cells` carries (its file's ``published``: one
+    entry per dataset with test error, params, search cost and source); [] for any other spec."""
+    key = cell_key(name) if isinstance(name, str) else None
+    if key not in list_cells():
+        return []
+    try:
+        data = json.loads((cells_dir() / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return []
+    found = data.get("published") if isinstance(data, dict) else None
+    return [entry for entry in found if isinstance(entry, dict)] if isinstance(found, list) else []
+
+
 def resolve(spec: str | os.PathLike) -> Genotype:
     """A genotype from a command-line spec, tried in this order: a file (JSON, or genotype text in
     any form :func:`parse` reads), a directory holding ``genotype.json``, a cell name from
@@ -1221,5 +1274,6 @@ __all__ = [
     "list_cells",
     "load_cell",
     "parse",
+    "published_results",
     "resolve",
 ]

@@ -20,17 +20,19 @@ This module registers its datasets in :data:`darts_nas.data.DATASETS` when impor
 
 from __future__ import annotations
 
-import codecs
+import dataclasses
+import json
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .bench_files import latin1_encode
 from .data import DATASETS, DatasetInfo, _DatasetEntry, _fixed_info
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 __all__ = ["BatchUnpickler", "read_imagenet16_batch", "ImageNet16", "IMAGENET16_FILES"]
 
@@ -46,14 +48,6 @@ IMAGENET16_FIX = ("point --data at the directory holding the ImageNet16 files tr
                   "val_data (the 16x16 downsampled ImageNet from image-net.org, as NAS-Bench-201 uses it)")
 
 
-def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as Python 3's pickle protocols 0-2 use it to store bytes: a str
-    encoded as latin-1, and nothing else (no other codec is ever needed, so none is reached)."""
-    if not isinstance(text, str) or encoding != "latin1" or errors != "strict":
-        raise pickle.UnpicklingError("_codecs.encode is accepted only for a str as latin1")
-    return codecs.encode(text, "latin1")
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     try:
         from numpy._core.multiarray import _reconstruct
@@ -62,7 +56,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
+        ("_codecs", "encode"): latin1_encode,
     }
     # The real files name numpy 1's module; numpy 2 writes (and aliases) numpy._core.
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -182,21 +176,21 @@ DATASETS.register(
 # --- cifar10-valid: the two halves of CIFAR-10's training set --------------------------------
 
 CIFAR10_VALID_NOTE = (
-    "the train split is images 0..24,999 of CIFAR-10's training set (data_batch_1..5 in order), the test "
-    "split images 25,000..49,999; NAS-Bench-201 splits by its own index list (cifar-split.txt), which may differ"
+    "with NAS-Bench-201's cifar-split.txt in --data, its train and valid index lists of CIFAR-10's training set; "
+    "without it, images 0..24,999 (data_batch_1..5 in order) and 25,000..49,999"
 )
 
 
-class _Half(Dataset):
-    """Images ``start`` .. ``stop - 1`` of ``dataset``, with ``transform`` applied to each image.
+class _Part(Dataset):
+    """The images ``indices`` of ``dataset``, with ``transform`` applied to each image.
 
     Not a :class:`darts_nas.data.TransformedSubset`: ``--gpu-data`` unwraps one of those to its
-    whole underlying dataset, where this half must stay a half (it copies it without the transform).
+    whole underlying dataset, where this part must stay a part (it copies it without the transform).
     """
 
-    def __init__(self, dataset: Dataset, start: int, stop: int, transform: Callable | None) -> None:
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable | None) -> None:
         self.dataset = dataset
-        self.indices = list(range(start, stop))  # read by data.data_split to fingerprint the images
+        self.indices = list(indices)  # read by data.data_split to fingerprint the images
         self.transform = transform
 
     def __len__(self) -> int:
@@ -209,12 +203,19 @@ class _Half(Dataset):
         return image, label
 
 
+CIFAR10_SPLIT_FILE = "cifar-split.txt"
+
+
 def _build_cifar10_valid(root, train, download, image_size, transform):
-    # The first half of the training set is the train split, the second half the test split
-    # (an odd count gives the extra image to the second half).
+    # With the benchmark's cifar-split.txt in --data: its "train" and "valid" index lists of the
+    # training set. Without it: the first half of the training set is the train split, the second
+    # half the test split (an odd count gives the extra image to the second half).
     full = DATASETS.get("cifar10").build(root, True, download, image_size, None)
+    if root is not None and (Path(root) / CIFAR10_SPLIT_FILE).is_file():
+        parts = read_split_file(Path(root) / CIFAR10_SPLIT_FILE, len(full), ("train", "valid"))
+        return _Part(full, parts["train"] if train else parts["valid"], transform)
     half = len(full) // 2
-    return _Half(full, 0, half, transform) if train else _Half(full, half, len(full), transform)
+    return _Part(full, range(half), transform) if train else _Part(full, range(half, len(full)), transform)
 
 
 def _cifar10_valid_info():
@@ -227,3 +228,77 @@ DATASETS.register(
     "cifar10-valid",
     _DatasetEntry(info=_fixed_info(_cifar10_valid_info()), build=_build_cifar10_valid, fixed_halves=True),
 )
+
+
+# --- the x-valid / x-test halves of CIFAR-100's and ImageNet16-120's test sets --------------
+
+# NAS-Bench-201 evaluates cifar100 and ImageNet16-120 on two halves of their test set, x-valid and
+# x-test (5,000 + 5,000 CIFAR-100 test images, 3,000 + 3,000 ImageNet16-120 val_data images), listed
+# by index in files of AutoDL-Projects' configs/nas-benchmark/ (methods.md section 2.2, "Splits").
+TEST_SPLIT_FILES = {"cifar100": "cifar100-test-split.txt", "imagenet16-120": "imagenet-16-120-test-split.txt"}
+HALVES = {"xvalid": "x-valid", "xtest": "x-test"}
+
+
+def read_split_file(path: Path, size: int, keys: Sequence[str] = tuple(HALVES)) -> dict[str, list[int]]:
+    """``{key: [indices]}`` from a NAS-Bench-201 split file: a JSON object whose ``keys`` are AutoDL
+    config values ``["int", [indices]]`` (a plain list is also taken), read as JSON (the official
+    code ``eval``s it; nothing is evaluated here) and checked: integers within the ``size`` images
+    split, no index twice, the parts disjoint."""
+    fix = (f"copy {path.name} from AutoDL-Projects' configs/nas-benchmark/ (the NAS-Bench-201 split files) "
+           f"into the --data directory {path.parent}")
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the benchmark's {'/'.join(keys)} parts are listed in it; {fix}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a NAS-Bench-201 split file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0]}): {fix}") from None
+    parts: dict[str, list[int]] = {}
+    for key in keys:
+        value = raw.get(key) if isinstance(raw, dict) else None
+        if isinstance(value, list) and len(value) == 2 and value[0] == "int" and isinstance(value[1], list):
+            value = value[1]  # AutoDL's [type, value] config entry
+        try:
+            indices = [int(v) for v in value] if isinstance(value, list) else None
+        except (TypeError, ValueError):
+            indices = None
+        if not indices:
+            raise DataError(f"{path} holds no list of {key} indices: {fix}")
+        if len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= size:
+            raise DataError(f"{path}: the {key} indices repeat or fall outside the {size} images they split: the "
+                            f"file belongs to another dataset or is damaged; {fix}")
+        parts[key] = indices
+    seen: set[int] = set()
+    for key in keys:
+        if seen & set(parts[key]):
+            raise DataError(f"{path}: the {' and '.join(keys)} parts share images: {fix}")
+        seen |= set(parts[key])
+    return parts
+
+
+def _register_test_half(base: str, half: str) -> None:
+    """``<base>-<half>``: the base dataset's training set as the train split and one half of its
+    test set as the test split. The ``xvalid`` ones have fixed search halves: as in the
+    benchmark's searches on CIFAR-100 and ImageNet16-120, the weights train on the training set
+    and the alphas on x-valid; ``train_final.py`` reports the accuracy on the half it names."""
+    entry = DATASETS.get(base)
+
+    def build(root, train, download, image_size, transform):
+        if train:
+            return entry.build(root, True, download, image_size, transform)
+        if root is None:
+            raise ConfigError(f"{base}-{half} needs --data: the directory of {base} and {TEST_SPLIT_FILES[base]}")
+        test = entry.build(root, False, download, image_size, None)
+        indices = read_split_file(Path(root) / TEST_SPLIT_FILES[base], len(test))[half]
+        return _Part(test, indices, transform)
+
+    def info(root, image_size):
+        return dataclasses.replace(entry.info(root, image_size), name=f"{base}-{half}")
+
+    DATASETS.register(f"{base}-{half}", dataclasses.replace(entry, info=info, build=build,
+                                                            fixed_halves=half == "xvalid"))
+
+
+for _base in TEST_SPLIT_FILES:
+    for _half in HALVES:
+        _register_test_half(_base, _half)

@@ -27,19 +27,20 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import DartsNasError, RunDirError, print_error
-from .repeat import AGGREGATE_FILE, FINISHED, METRICS, aggregate, describe, summarise, write_aggregate
+from .repeat import AGGREGATE_FILE, FINISHED, FOLD_METRICS, METRICS, aggregate, describe, summarise, write_aggregate
 
 # The curves drawn per kind of run: (metric key, label); accuracy first, then loss.
 CURVES = {
     "search": ((("train_acc", "weight half (training)"), ("valid_acc", "architecture half")),
                (("train_loss", "weight half (training)"), ("valid_loss", "architecture half"))),
-    "train": ((("train_acc", "training"), ("test_acc", "test")),
-              (("train_loss", "training"), ("test_loss", "test"))),
+    "train": ((("train_acc", "training"), ("test_acc", "test"), ("heldout_acc", "held-out fold")),
+              (("train_loss", "training"), ("test_loss", "test"), ("heldout_loss", "held-out fold"))),
 }
 CURVES_SIZE = (1000, 400)  # pixels of curves-*.png (10 x 4 inches at 100 dpi)
 ALPHA_COLUMNS = 7  # edges per row of alphas-*.png
 ALPHA_PANEL = (250, 200)  # pixels of one edge's panel
 ALPHA_LEGEND = 60  # pixels above the panels for the ops' legend
+CELL_PANEL = (1100, 330)  # pixels of one cell type's drawing in cells-*.png
 
 
 @dataclass
@@ -74,8 +75,18 @@ def _json(path: Path) -> Any:
         return None
 
 
+def _published_text(pub: dict[str, Any], what: str) -> str:
+    return (f"{pub.get('test_error')} % test error, {pub.get('params_m')} M params on {pub.get('dataset')} "
+            f"after retraining ({what}; {pub.get('source')})")
+
+
 def _published(settings: dict[str, Any]) -> str:
-    """The preset's published result as one cell of the table, or ''."""
+    """The published result of the run's preset, or of the published cell a retraining trains
+    (cells/*.json), as one cell of the table; '' where neither carries one."""
+    if settings.get("cell") is not None:
+        from .genotype import published_results
+
+        return "; ".join(_published_text(pub, str(settings["cell"])) for pub in published_results(str(settings["cell"])))
     if not settings.get("preset"):
         return ""
     from .config import load_preset
@@ -86,13 +97,16 @@ def _published(settings: dict[str, Any]) -> str:
         return ""
     if not pub:
         return ""
-    return (f"{pub.get('test_error')} % test error, {pub.get('params_m')} M params on {pub.get('dataset')} "
-            f"after retraining ({settings['preset']}; {pub.get('source')})")
+    return _published_text(pub, settings["preset"])
 
 
 def _row_of(settings: dict[str, Any], kind: str) -> Row:
     if kind == "search":
         method = settings.get("method", "darts") + (f" (preset {settings['preset']})" if settings.get("preset") else "")
+    elif settings.get("folds"):
+        method = f"retrain {Path(str(settings.get('cell'))).name} ({settings['folds']}-fold cross-validation)"
+        return Row(kind, method, str(settings.get("space") or "darts"), str(settings.get("dataset")),
+                   FOLD_METRICS[0], _published(settings))
     else:
         method = f"retrain {Path(str(settings.get('cell'))).name}"
     return Row(kind, method, str(settings.get("space") or "darts"), str(settings.get("dataset")), METRICS[kind][0],
@@ -106,7 +120,9 @@ def collect(paths: Sequence[str | Path], warn=print) -> list[Row]:
     for path in map(Path, paths):
         found = _json(path / AGGREGATE_FILE)
         if isinstance(found, dict) and found.get("kind") == "aggregate":
-            runs = [(f"{path.name}/seed-{s}", path / f"seed-{s}") for s in aggregate(path)["finished"]]
+            found = aggregate(path)
+            unit = found.get("unit", "seed")
+            runs = [(f"{path.name}/{unit}-{s}", path / f"{unit}-{s}") for s in found["finished"]]
         elif (path / "config.json").is_file():
             runs = [(path.name, path)]
         else:
@@ -152,8 +168,10 @@ def write_tables(rows: Sequence[Row], out: Path) -> None:
                       f"{_fmt(s['std'])} | {s['n']} | {_fmt(s['min'])} | {_fmt(s['max'])} | {r.published or '-'} |")
     md += ["", "std is the sample standard deviation (n - 1 in the denominator); n/a for one run. The headline "
                "metric is the final architecture-half accuracy of a search (valid_acc) and the final test accuracy "
-               "of a retraining (final_test_acc). A published number is the test error of the preset's method "
-               "after retraining, on its dataset: compare it with a retraining's accuracy on that dataset.", ""]
+               "of a retraining (final_test_acc), the held-out fold's accuracy of a cross-validated retraining "
+               "(final_heldout_acc, one run per fold). A published number is the test error after retraining of "
+               "the preset's method or of the published cell, on its dataset: compare it with a retraining's "
+               "accuracy on that dataset.", ""]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
 
@@ -176,7 +194,7 @@ def draw_curves(row: Row, out: Path, plt) -> Path:
     for ax, curves, what in zip(axes, CURVES[row.kind], ("accuracy (%)", "loss")):
         for i, (label, run) in enumerate(row.runs.items()):
             records = _jsonl(run / "metrics.jsonl")
-            for (key, name), style in zip(curves, ("--", "-")):
+            for (key, name), style in zip(curves, ("--", "-", ":")):
                 points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
                 if points:
                     ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=f"{label}: {name}")
@@ -198,7 +216,8 @@ def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
     if not history:
         return None
     cell_types = list(history[0]["alphas"])
-    ops = history[0].get("primitives") or [f"op {k}" for k in range(len(history[0]["alphas"][cell_types[0]][0]))]
+    edge_ops = history[0].get("edge_ops")  # per-edge candidate lists (darts_nas.edge_ops), else one shared list
+    shared = history[0].get("primitives") or [f"op {k}" for k in range(len(history[0]["alphas"][cell_types[0]][0]))]
     edges = max(len(history[0]["alphas"][t]) for t in cell_types)
     width, height = alphas_size(edges)
     height = height * len(cell_types) + ALPHA_LEGEND
@@ -206,22 +225,119 @@ def draw_alphas(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
     rows_per_type = math.ceil(edges / ALPHA_COLUMNS)
     columns = min(edges, ALPHA_COLUMNS)
     epochs = [h["epoch"] for h in history]
+    # one colour per op name across every panel
+    all_ops = list(dict.fromkeys(op for t in cell_types for ops in edge_ops[t] for op in ops)) if edge_ops else \
+        list(shared)
     for t_index, cell_type in enumerate(cell_types):
         for e in range(len(history[0]["alphas"][cell_type])):
             ax = fig.add_subplot(rows_per_type * len(cell_types), columns,
                                  (t_index * rows_per_type + e // columns) * columns + e % columns + 1)
+            ops = edge_ops[cell_type][e] if edge_ops else shared
             for k, op in enumerate(ops):
-                ax.plot(epochs, [h["alphas"][cell_type][e][k] for h in history], marker=".", color=f"C{k % 10}",
+                colour = all_ops.index(op) if op in all_ops else k
+                ax.plot(epochs, [h["alphas"][cell_type][e][k] for h in history], marker=".", color=f"C{colour % 10}",
                         label=op)
             ax.set_title(f"{cell_type} edge {e}", fontsize=7)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.tick_params(labelsize=6)
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(ops), 8), fontsize=7)
+    legend: dict[str, Any] = {}
+    for ax in fig.axes:  # every op once, from whichever panel shows it
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=min(len(legend), 8), fontsize=7)
     fig.text(0.01, 1 - 12 / height, f"mixing weights per edge over the epochs: {label}", fontsize=8, va="top")
     fig.subplots_adjust(top=1 - ALPHA_LEGEND / height - 0.02, hspace=0.6, wspace=0.35, bottom=0.06,
                         left=0.04, right=0.99)
     target = out / f"alphas-{row.slug}-{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+@dataclass
+class CellGraph:
+    """A cell as a picture needs it: node labels left to right, the genotype's edges (source
+    node, target node, op) and the nodes the output concatenates (or sums)."""
+
+    title: str
+    nodes: list[str]
+    edges: list[tuple[int, int, str]]
+    output: list[int]
+
+
+def cell_graphs(path: Path) -> list[CellGraph]:
+    """The cells of the genotype file ``path`` (any space's genotype.json)."""
+    data = _json(path)
+    if not isinstance(data, dict):
+        return []
+    if data.get("space") == "nas-bench-201":
+        from .arch_string import EDGES, NODES, ArchGenotype
+
+        arch = ArchGenotype.from_dict(data)
+        nodes = ["in"] + [str(i) for i in range(1, NODES - 1)] + ["out"]
+        return [CellGraph("NAS-Bench-201 cell", nodes,
+                          [(j, i, op) for (i, j), op in zip(EDGES, arch.ops) if op != "none"], [])]
+    from .drawing import CELL_TITLES, node_name
+    from .genotype import Genotype
+
+    genotype = Genotype.from_dict(data)
+    graphs = []
+    for cell in ("normal", "reduce"):
+        pairs = getattr(genotype, cell)
+        steps = len(pairs) // 2
+        nodes = [node_name(j) for j in range(steps + 2)] + ["c_{k}"]
+        graphs.append(CellGraph(CELL_TITLES[cell], nodes, [(j, 2 + k // 2, op) for k, (op, j) in enumerate(pairs)],
+                                list(getattr(genotype, f"{cell}_concat"))))
+    return graphs
+
+
+def draw_cells(row: Row, label: str, run: Path, out: Path, plt) -> Path | None:
+    """The run's final cell(s) (its genotype.json): nodes left to right, each edge an arc labelled
+    with its op, the output's inputs as dashed arcs below."""
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path as CurvePath
+
+    graphs = cell_graphs(run / "genotype.json")
+    if not graphs:
+        return None
+    fig, axes = plt.subplots(len(graphs), 1, figsize=(CELL_PANEL[0] / 100, CELL_PANEL[1] * len(graphs) / 100),
+                             dpi=100, squeeze=False)
+
+    def arc(ax, source: float, target: float, height: float, **style) -> None:
+        """A quadratic curve from node ``source`` to node ``target`` peaking at ``height / 2``
+        (drawn in data coordinates, so a label placed at the peak sits on it)."""
+        y0 = 0.05 if height > 0 else -0.05
+        verts = [(source + 0.12, y0), ((source + target) / 2, y0 + height), (target - 0.12, y0)]
+        ax.add_patch(FancyArrowPatch(path=CurvePath(verts, [CurvePath.MOVETO, CurvePath.CURVE3, CurvePath.CURVE3]),
+                                     arrowstyle="-|>", mutation_scale=10, **style))
+
+    for ax, graph in zip(axes[:, 0], graphs):
+        last = len(graph.nodes) - 1
+        top = 0.3
+        drawn: dict[tuple[int, int], int] = {}
+        for source, target, op in graph.edges:
+            repeat = drawn[(source, target)] = drawn.get((source, target), -1) + 1
+            height = 0.22 * (target - source) + 0.1 * (source % 2) + 0.18 * repeat
+            top = max(top, height / 2)
+            arc(ax, source, target, height, color="#555555", lw=1.1)
+            ax.text((source + target) / 2, 0.05 + height / 2, op, ha="center", va="center", fontsize=7, zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+        bottom = -0.3
+        for source in graph.output:
+            height = -0.12 * (last - source)
+            bottom = min(bottom, height / 2 - 0.1)
+            arc(ax, source, last, height, color="#999999", lw=0.9, ls="--")
+        for x, name in enumerate(graph.nodes):
+            colour = "#cfe8ff" if x < 2 and graph.output else "#ffe7c2" if x == last else "#dff5d8"
+            ax.text(x, 0, name, ha="center", va="center", fontsize=10, zorder=5,
+                    bbox={"boxstyle": "round,pad=0.4", "facecolor": colour, "edgecolor": "#444444"})
+        ax.set_xlim(-0.6, last + 0.6)
+        ax.set_ylim(bottom - 0.1, top + 0.2)
+        ax.set_title(graph.title, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"final cell: {label} ({row.method}, {row.dataset})", fontsize=9)
+    fig.tight_layout()
+    target = out / f"cells-{row.slug}-{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}.png"
     fig.savefig(target, dpi=100)
     plt.close(fig)
     return target
@@ -241,6 +357,9 @@ def draw_figures(rows: Sequence[Row], out: Path) -> list[Path] | None:
         figures.append(draw_curves(row, out, plt))
         if row.kind == "search":
             figures += [f for label, run in row.runs.items() if (f := draw_alphas(row, label, run, out, plt))]
+        # the final cells: every search's own; a retraining's cell once per row (all its runs train it)
+        runs = list(row.runs.items()) if row.kind == "search" else list(row.runs.items())[:1]
+        figures += [f for label, run in runs if (f := draw_cells(row, label, run, out, plt))]
     return figures
 
 

@@ -39,6 +39,7 @@ from .network import check_image_size, check_stem_fits_in_memory
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything
+from .edge_ops import table_from_json, table_to_json
 from .diagnostics import collapse_warnings, dominant_eigenvalue, epoch_diagnostics, es_stop
 from .methods import METHODS
 from .runfiles import RunDirLock
@@ -54,6 +55,29 @@ def softmaxed_alphas(model) -> dict[str, list[list[float]]]:
     """softmax(alpha) of each cell type: ``{"normal": (num_edges, num_ops), ...}``."""
     return {t: torch.softmax(model.arch_group(f"alphas_{t}").detach().float().cpu(), -1).tolist()
             for t in model.cell_types()}
+
+
+def _ops_of(model):
+    """The supernet's candidate ops as the board and the diagnostics take them: the shared op
+    list, or the edge-op table when the edges differ (:mod:`darts_nas.edge_ops`)."""
+    return model.primitives if model.primitives is not None else model.edge_ops
+
+
+def candidate_ops(model) -> dict[str, Any]:
+    """What history.jsonl says the alpha columns are: ``{"primitives": [...]}`` when every edge
+    offers the same ops, else ``{"edge_ops": {cell type: [per-edge op lists]}}``."""
+    if model.primitives is not None:
+        return {"primitives": list(model.primitives)}
+    return {"edge_ops": table_to_json(model.edge_ops)}
+
+
+def save_genotype(genotype, out, config: SearchConfig) -> None:
+    """genotype.json; a space other than the usual two is recorded with it (``"space": "s3"``), so
+    that the file says which candidate lists its ops came from."""
+    if config.space not in ("darts", "nas-bench-201"):
+        genotype.save(out / "genotype.json", extra={"space": config.space})
+    else:
+        genotype.save(out / "genotype.json")
 
 
 def arch_history(model) -> dict[str, Any]:
@@ -212,6 +236,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         ctx.seed_ranks(config.seed)
     start_epoch = start_step = 0
     if resume is not None:
+        saved_ops = resume.get("edge_ops")  # absent from checkpoints before per-edge op lists
+        if saved_ops is not None and table_from_json(saved_ops) != model.edge_ops:
+            raise CheckpointError(f"checkpoint {resume['path']} was taken with other candidate ops per edge than "
+                                  f"this search builds: choose another --out, or pass --overwrite to start again")
         try:
             model.load_state_dict(resume["model"])
             w_optimizer.load_state_dict(resume["w_optimizer"])
@@ -276,6 +304,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "a_optimizer": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
             "arch_eval": arch_eval, "method": method.state_dict(), "data_split": data.split,
+            "edge_ops": table_to_json(model.edge_ops),
         }
 
     checkpoints = StepCheckpoints(
@@ -315,7 +344,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         scheduler.step()
         genotype = model.genotype()
         ctx.check_replicas(model, genotype)
-        diagnostics = epoch_diagnostics(model, genotype, config.primitives)
+        diagnostics = epoch_diagnostics(model, genotype)
         if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
             batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
             hessian = dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
@@ -330,11 +359,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         score_epoch(scorer if ctx.is_main else None, genotype, record, board, log.info)  # --benchmark
         log.append_jsonl("metrics.jsonl", record)
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
-                                           "primitives": list(config.primitives), **arch_history(model)})
+                                           **candidate_ops(model), **arch_history(model)})
         if ctx.is_main:
-            genotype.save(out / "genotype.json")
+            save_genotype(genotype, out, config)
         board.epoch(epoch + 1, record, {t: model.arch_group(f"alphas_{t}") for t in model.cell_types()},
-                    config.primitives, genotype, views=method.arch_views(model), scalars=method.scalars())
+                    _ops_of(model), genotype, views=method.arch_views(model), scalars=method.scalars())
         # Captured after the last draw of the epoch; every rank's random states (a collective).
         snapshot = state(epoch + 1)
         path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints))
@@ -367,10 +396,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         log.info(f"all {ctx.world_size} processes hold the same weights, alphas and BatchNorm statistics "
                  f"(sha256 {digest[:16]}) and genotype")
     if ctx.is_main:
-        genotype.save(out / "genotype.json")
+        save_genotype(genotype, out, config)
         board.diagrams.write(genotype, out)
     summary = {
-        "finished": True, "method": config.method, "epochs": config.epochs, "genotype": genotype.to_dict(),
+        "finished": True, "method": config.method, "space": config.space, "epochs": config.epochs,
+        "genotype": genotype.to_dict(),
         **({"early_stop": {"rule": "es", "after_epoch": epoch + 1, "genotype_epoch": early_stop[0],
                            "ratio": early_stop[1]}} if early_stop is not None else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],

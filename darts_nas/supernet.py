@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .edge_ops import edge_op_table, shared_ops
 from .errors import ConfigError
 from .genotype import PRIMITIVES, Genotype, derive
 from .kernels import lean_applies, shared_relu
@@ -105,7 +106,8 @@ class SearchCell(nn.Module):
     channel concatenation of the last ``multiplier`` nodes."""
 
     def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int,
-                 reduction: bool, reduction_prev: bool, primitives: Sequence[str], method=None) -> None:
+                 reduction: bool, reduction_prev: bool, primitives: Sequence, method=None) -> None:
+        # primitives: the op names of every edge, or one list of op names per edge (edge order)
         super().__init__()
         if method is None:
             from .methods.darts import Darts
@@ -121,10 +123,12 @@ class SearchCell(nn.Module):
             self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList()
+        per_edge = not isinstance(primitives[0], str)
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(method.make_edge(C, stride, primitives))
+                ops = primitives[len(self.edges)] if per_edge else primitives
+                self.edges.append(method.make_edge(C, stride, ops))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, plan) -> torch.Tensor:
         # plan: an EdgePlan (or the (num_edges, num_ops) mixing weights alone); edges are ordered
@@ -184,6 +188,13 @@ class Supernet(ArchParameters, nn.Module):
 
     ``forward(x) -> logits``; losses belong to the training code.
 
+    Candidate ops: ``primitives`` on every edge (the usual DARTS space), or ``edge_ops``, an
+    edge-op table giving each edge of each cell type its own ops (RobustDARTS's S1-S4, pruned
+    stages; :mod:`darts_nas.edge_ops`). Only the listed ops are built; row ``e`` of
+    ``alphas_<type>`` has one column per op of ``edge_ops[type][e]``, in that order.
+    ``self.edge_ops`` always holds the table; ``self.primitives`` the shared list, or None when the
+    edges differ.
+
     With ``recompute`` (``--recompute``) each cell's activations are not kept for the backward
     pass but computed again there (``torch.utils.checkpoint``): a fraction of the memory for one
     more forward pass. Gradients are bit-identical; during the recomputation BatchNorm normalises
@@ -195,15 +206,16 @@ class Supernet(ArchParameters, nn.Module):
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
-                 primitives: Sequence[str] = PRIMITIVES, method=None) -> None:
+                 primitives: Sequence[str] = PRIMITIVES, method=None, edge_ops=None) -> None:
         super().__init__()
         if method is None:
             from .methods.darts import Darts
 
             method = Darts()
         self.method = method  # not a module: its state is checkpointed by the run loop
-        primitives = tuple(primitives)
-        check_primitives(primitives)
+        if edge_ops is None:
+            primitives = tuple(primitives)
+            check_primitives(primitives)
         if multiplier is None:
             multiplier = steps
         for name, value in (("init channels", C), ("classes", num_classes), ("layers", layers),
@@ -217,7 +229,9 @@ class Supernet(ArchParameters, nn.Module):
         self.layers = layers
         self.steps = steps
         self.multiplier = multiplier
-        self.primitives = primitives
+        k = num_edges(steps)
+        self.edge_ops = edge_op_table(primitives if edge_ops is None else edge_ops, self.cell_types(), k, OPS)
+        self.primitives = shared_ops(self.edge_ops)
 
         C_curr = stem_multiplier * C
         # The stem's BN keeps its affine parameters as in the reference code (its 2 * 3C
@@ -235,18 +249,17 @@ class Supernet(ArchParameters, nn.Module):
             if reduction:
                 C_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction,
-                                         reduction_prev, primitives, method))
+                                         reduction_prev, self.edge_ops["reduce" if reduction else "normal"], method))
             reduction_prev = reduction
             C_pp, C_p = C_p, multiplier * C_curr
         self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_p, num_classes)
 
-        k = num_edges(steps)
         # Eq. 2 of the paper; 1e-3 noise as in the reference code rather than exact zeros (the
         # method's scale: FairDARTS's code starts from zeros; the draw is taken either way).
         scale = getattr(method, "alpha_init_scale", 1e-3)
-        self.alphas_normal = nn.Parameter(scale * torch.randn(k, len(primitives)))
-        self.alphas_reduce = nn.Parameter(scale * torch.randn(k, len(primitives)))
+        self.alphas_normal = nn.Parameter(scale * torch.randn(k, len(self.edge_ops["normal"][0])))
+        self.alphas_reduce = nn.Parameter(scale * torch.randn(k, len(self.edge_ops["reduce"][0])))
         self._arch_names = ["alphas_normal", "alphas_reduce"]
         for name, shape in method.extra_arch_parameters(self.cell_types(), k).items():
             self.register_parameter(name, nn.Parameter(1e-3 * torch.randn(*shape)))
@@ -297,7 +310,7 @@ class Supernet(ArchParameters, nn.Module):
         if own is not None:
             return own
         return derive(self.alphas_normal.detach().cpu(), self.alphas_reduce.detach().cpu(),
-                      self.primitives, multiplier=self.multiplier,
+                      self.primitives if self.primitives is not None else self.edge_ops, multiplier=self.multiplier,
                       edge_scale=(self.method.edge_scale(self, "normal"), self.method.edge_scale(self, "reduce")))
 
 

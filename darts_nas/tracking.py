@@ -13,7 +13,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -138,19 +138,46 @@ def alpha_entropy(probs: Any) -> float:
     return float(np.mean(-plogp.sum(axis=-1)))
 
 
-def parameter_free_weight(probs: Any, primitives: Sequence[str]) -> float:
-    """Mean over edges of the total softmax weight on parameter-free ops (``none`` excluded)."""
+def edge_lists(primitives: Any, num_edges: int) -> list[tuple[str, ...]]:
+    """One op list per edge: ``primitives`` is one shared list of op names or already one list per
+    edge (a space with per-edge candidates, :mod:`darts_nas.edge_ops`)."""
+    from .genotype import _is_per_edge
+
+    if _is_per_edge(primitives):
+        return [tuple(ops) for ops in primitives]
+    return [tuple(primitives)] * num_edges
+
+
+def cell_ops(primitives: Any, cell: str) -> Any:
+    """One cell type's ops from what a caller passes: a shared op list, or an edge-op table
+    ``{cell type: per-edge lists}``."""
+    return primitives[cell] if isinstance(primitives, Mapping) else primitives
+
+
+def parameter_free_weight(probs: Any, primitives: Any) -> float:
+    """Mean over edges of the total softmax weight on parameter-free ops (``none`` excluded);
+    ``primitives``: the ops of every edge, or one list per edge."""
     p = np.asarray(probs, dtype=np.float64)
-    cols = parameter_free_ops(primitives)
-    return float(np.mean(p[:, cols].sum(axis=-1))) if cols else 0.0
+    if p.size == 0:
+        return 0.0
+    shares = [row[parameter_free_ops(ops)].sum() for row, ops in zip(p, edge_lists(primitives, len(p)))]
+    return float(np.mean(shares))
 
 
-def alpha_heatmap(cell: str, alphas: Any, primitives: Sequence[str], genotype: Genotype,
+def alpha_heatmap(cell: str, alphas: Any, primitives: Any, genotype: Genotype,
                   epoch: int | None = None) -> Heatmap:
     """The heatmap of one cell type: rows are edges (``from -> to``, alpha row order), columns
     the candidate ops, values softmax(alphas); the (edge, op) pairs that ``genotype`` keeps are
-    marked."""
+    marked. With one op list per edge (``primitives``), the columns are every op some edge
+    offers and an edge's cells for ops it does not offer are blank."""
     probs = alpha_probabilities(alphas)
+    from .edge_ops import op_columns, spread
+    from .genotype import _is_per_edge
+
+    if _is_per_edge(primitives):
+        edges = [tuple(ops) for ops in primitives]
+        primitives = op_columns(edges)
+        probs = np.asarray(spread(probs.tolist(), edges, primitives), dtype=np.float64)
     if _draws_itself(genotype):
         from .arch_string import edge_name
 
@@ -376,11 +403,12 @@ class SearchBoard(_Board):
         super().__init__(out, enabled, diagrams, purge_step)
         self.final: dict[str, float] = {}
 
-    def epoch(self, epoch: int, metrics: dict[str, Any], alphas: dict[str, Any], primitives: Sequence[str],
+    def epoch(self, epoch: int, metrics: dict[str, Any], alphas: dict[str, Any], primitives: Any,
               genotype: Genotype, views: dict[str, Any] | None = None,
               scalars: dict[str, float] | None = None) -> None:
         """Log epoch ``epoch`` (1-based, the global step): ``metrics`` is the metrics.jsonl
-        record, ``alphas`` the raw ``{"normal": ..., "reduce": ...}`` logits, ``genotype`` their
+        record, ``alphas`` the raw ``{"normal": ..., "reduce": ...}`` logits, ``primitives`` the
+        ops of every edge or an edge-op table ``{cell type: per-edge op lists}``, ``genotype`` their
         discretisation. ``views`` are the method's other architecture groups as (num_edges,)
         values (PC-DARTS's normalised betas: a heatmap and a histogram each); ``scalars`` the
         method's schedules (GDAS's temperature), as ``method/<name>``."""
@@ -394,11 +422,12 @@ class SearchBoard(_Board):
         for cell in alphas:  # the supernet's cell types
             raw = torch.as_tensor(alphas[cell]).detach().float().cpu()
             probs = alpha_probabilities(raw)
-            entropy, free = alpha_entropy(probs), parameter_free_weight(probs, primitives)
+            ops = cell_ops(primitives, cell)
+            entropy, free = alpha_entropy(probs), parameter_free_weight(probs, ops)
             self.writer.add_scalar(f"alphas/{cell}/entropy", entropy, epoch)
             self.writer.add_scalar(f"alphas/{cell}/parameter_free", free, epoch)
             self.final[f"entropy_{cell}"], self.final[f"parameter_free_{cell}"] = entropy, free
-            self._png(f"alphas/{cell}", png_bytes(draw_heatmap(alpha_heatmap(cell, raw, primitives, genotype, epoch))),
+            self._png(f"alphas/{cell}", png_bytes(draw_heatmap(alpha_heatmap(cell, raw, ops, genotype, epoch))),
                       epoch)
             self.writer.add_histogram(f"alphas/{cell}_hist", raw.numpy(), epoch)
         self._text("genotype", genotype_markdown(genotype), epoch)
@@ -436,7 +465,8 @@ class SearchBoard(_Board):
 TRAIN_SCALARS = (
     ("loss/train", "train_loss"), ("loss/test", "test_loss"), ("accuracy/train", "train_acc"),
     ("accuracy/test", "test_acc"), ("lr", "lr"), ("drop_path_prob", "drop_path_prob"),
-    ("throughput/images_per_s", "images_per_s"),
+    ("throughput/images_per_s", "images_per_s"), ("loss/heldout", "heldout_loss"),
+    ("accuracy/heldout", "heldout_acc"),  # --folds: the held-out fold
 )
 TRAIN_HPARAMS = ("cell", "protocol", "dataset", "network", "epochs", "batch_size", "init_channels", "layers",
                  "learning_rate", "lr_schedule", "learning_rate_min", "lr_decay", "momentum", "weight_decay",

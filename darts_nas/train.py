@@ -134,7 +134,7 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
             return train_test_data(config.dataset, config.data, config.batch_size, seed=config.seed,
                                    workers=config.workers, download=config.download,
                                    image_size=config.image_size, cutout=config.cutout,
-                                   device_type=device.type)
+                                   device_type=device.type, folds=config.folds, fold=config.fold)
 
         data = ctx.local_main_first(load) if config.download else load()  # one download per node
         info = data.info
@@ -144,7 +144,7 @@ def _run(config: TrainConfig, quiet: bool, resume_only: bool, ctx: Distributed) 
                                   config.init_channels)  # per process under torchrun
     if data is not None:
         data = ctx.shard_train_data(data, config.batch_size)
-        if not ctx.is_distributed and use_device_data(config.gpu_data, device, info):
+        if not ctx.is_distributed and data.heldout_loader is None and use_device_data(config.gpu_data, device, info):
             data = train_test_data_on_device(data, device, config.cutout)
     lock = RunDirLock()  # held by rank 0 for the whole run: one run per directory
     out = ctx.on_main(lambda: prepare_run_dir(config.out, "train", config.dataset, config.overwrite, RUN_FILES,
@@ -334,6 +334,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             "dataset": {"name": info.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
                         "image_size": info.image_size,
                         "train_images": data.num_train if data else None,
+                        **({"heldout_images": data.num_heldout} if data and data.heldout_loader else {}),
                         "test_images": data.num_test if data else None},
             "sizes": sizes, "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
@@ -353,6 +354,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
 
     start = time.perf_counter()
     final = {"loss": float("nan"), "acc": float("nan")}
+    heldout = None  # --folds: the held-out fold's loss and accuracy after the last epoch
     best_acc = float("nan")
     if config.epochs > 0:
         # Under torchrun: SyncBatchNorm on GPUs, and the DistributedDataParallel the loop trains;
@@ -382,7 +384,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                     f"checkpoint {resume['path']} does not fit this network ({first_line(exc)}): it belongs to "
                     f"another model or data set; choose another --out, or pass --overwrite to start again") from None
             start_epoch, start_step = resume["epoch"], resume["step"]
-            final, best_acc = resume["test"], resume["best_test_acc"]
+            final, best_acc, heldout = resume["test"], resume["best_test_acc"], resume.get("heldout")
             if resume["config"].get("learning_rate") != config.learning_rate:
                 change_learning_rate(optimizer, scheduler, config.learning_rate)
                 log.info(f"learning rate changed from {resume['config'].get('learning_rate')} to "
@@ -400,7 +402,7 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
                 "progress": progress.state_dict() if progress else None, "config": config.to_dict(),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "genotype": genotype.to_dict(), **ctx.rng_states(),
-                "test": final, "best_test_acc": best_acc, "data_split": data.split,
+                "test": final, "best_test_acc": best_acc, "data_split": data.split, "heldout": heldout,
             }
 
         checkpoints = StepCheckpoints(
@@ -431,10 +433,14 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             ctx.average_buffers(model)  # one set of BatchNorm statistics for the test and checkpoint
             final = evaluate(model, data.test_loader, device, speed, dist=ctx.sync, log=log.info,
                              what=f"epoch {epoch + 1}: testing")
+            if data.heldout_loader is not None:
+                heldout = evaluate(model, data.heldout_loader, device, speed, dist=ctx.sync, log=log.info,
+                                   what=f"epoch {epoch + 1}: testing on the held-out fold {config.fold}")
             scheduler.step()
             best_acc = final["acc"] if not best_acc >= final["acc"] else best_acc
             record = {"epoch": epoch + 1, **metrics, "drop_path_prob": model.drop_path_prob,
                       "test_loss": final["loss"], "test_acc": final["acc"],
+                      **({"heldout_loss": heldout["loss"], "heldout_acc": heldout["acc"]} if heldout else {}),
                       "elapsed": time.perf_counter() - start}
             log.append_jsonl("metrics.jsonl", record)
             board.epoch(epoch + 1, record)
@@ -444,12 +450,16 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  drop-path "
                      f"{model.drop_path_prob:.3f}  train loss {metrics['train_loss']:.4f} acc "
                      f"{metrics['train_acc']:.2f}%  test loss {final['loss']:.4f} acc {final['acc']:.2f}%  "
-                     f"{metrics['epoch_time']:.1f} s ({metrics['images_per_s']:.0f} images/s)")
+                     + (f"held-out fold {config.fold} loss {heldout['loss']:.4f} acc {heldout['acc']:.2f}%  "
+                        if heldout else "")
+                     + f"{metrics['epoch_time']:.1f} s ({metrics['images_per_s']:.0f} images/s)")
             checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs)
     summary = {
         "finished": True, "cell": config.cell, "genotype": genotype.to_dict(), "epochs": config.epochs,
         "final_test_acc": _finite(final["acc"]), "final_test_loss": _finite(final["loss"]),
         "best_test_acc": _finite(best_acc),
+        **({"fold": config.fold, "folds": config.folds, "final_heldout_acc": _finite(heldout["acc"]) if heldout else None,
+            "final_heldout_loss": _finite(heldout["loss"]) if heldout else None} if config.folds else {}),
         **sizes, "wall_time": time.perf_counter() - start, "out": str(out),
     }
     board.finish(config, summary)

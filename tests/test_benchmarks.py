@@ -53,3 +53,11 @@ def test_train_step_benchmark_runs_a_final_network():
     result = _run("train_step.py", "--cell", "darts_v2", "--batch-size", "4", "--init-channels", "8",
                   "--layers", "3", "--image-size", "16", "--no-auxiliary", "--warmup", "1", "--steps", "2")
     assert result["median_s"]["step"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_bench_lookup_measures_the_pth_and_the_index():
+    result = _run("bench_lookup.py", "--archs", "20", "--repeats", "1")
+    assert result["archs"] == 20 and result["pth_mb"] > 0 and result["index_mb"] > 0
+    for key in ("open_file_s", "index_s", "open_index_s"):
+        assert result[key] > 0
+    assert result["open_index_rss_mb"] >= result["baseline_rss_mb"] * 0.9

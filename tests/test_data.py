@@ -73,7 +73,7 @@ def folder(tmp_path):
 def test_registry_lists_every_dataset():
     assert set(DATASETS.names()) == {
         "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "folder", "digits", "imagenet", "imagenet16-120",
-        "cifar10-valid",
+        "cifar10-valid", "cifar100-xvalid", "cifar100-xtest", "imagenet16-120-xvalid", "imagenet16-120-xtest",
     }
     with pytest.raises(ConfigError, match="cifar10.*digits|digits.*cifar10"):
         get_info("imagenet-22k")

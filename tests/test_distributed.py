@@ -504,3 +504,16 @@ def test_a_settings_error_is_printed_once_under_torchrun(monkeypatch, capsys, ra
 
     assert cli._run(lambda config, quiet: None, make_config, quiet=True) == 2
     assert (str(exc) in capsys.readouterr().err) == printed
+
+
+def test_folds_under_torchrun_share_one_process_group(tmp_path):
+    """--folds (and --seeds) run several runs in the same processes: one process group serves them
+    all (a destroyed gloo group cannot be created again), and rank 0 alone writes the aggregate."""
+    out = tmp_path / "cv"
+    args = [*TRAIN_ARGS, "--folds", "2", "--out", str(out)]
+    stdout = finish(torchrun("train_final.py", args, tmp_path), tmp_path)
+    assert stdout.count("2 of 2 folds aggregated") == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == [0, 1]
+    for fold in range(2):
+        assert json.loads((out / f"fold-{fold}" / "config.json").read_text())["distributed"]["world_size"] == 2

@@ -324,7 +324,7 @@ def test_bad_queries_get_one_line(capsys, tmp_path):
         ([sample, all_skip], "has no record of architecture 1835"),  # in the meta list, not in the sample
         ([sample, "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "unknown NAS-Bench-201 op"),
         ([str(tmp_path), SAMPLE_ARCHS[0]], "holds no meta.pickle.pbz2"),
-        ([str(tmp_path / "nothing"), SAMPLE_ARCHS[0]], "is not a benchmark directory"),
+        ([str(tmp_path / "nothing"), SAMPLE_ARCHS[0]], "does not exist: give NAS-Bench-201"),
     ]
     for args, message in cases:
         assert main(["query", *args]) == 2

@@ -193,6 +193,19 @@ def test_cifar10_valid_splits_the_training_set_in_two_halves_by_index(cifar10):
             assert np.array_equal(np.asarray(image), images[k]) and label == labels[k]
 
 
+def test_cifar10_valid_follows_the_benchmarks_split_file_when_given(cifar10):
+    root, written = cifar10
+    images, labels = written["train"]
+    (root / "cifar-split.txt").write_text(json.dumps({"train": ["int", [9, 0, 4]], "valid": ["int", [1, 8]]}))
+    for split, picked in (("train", [9, 0, 4]), ("test", [1, 8])):
+        dataset, _ = load_dataset("cifar10-valid", root, split)
+        assert [int(dataset[i][1]) for i in range(len(dataset))] == [labels[k] for k in picked]
+        assert all(np.array_equal(np.asarray(dataset[i][0]), images[k]) for i, k in enumerate(picked))
+    (root / "cifar-split.txt").write_text(json.dumps({"train": ["int", [1, 2]], "valid": ["int", [2, 3]]}))
+    with pytest.raises(DataError, match="the train and valid parts share images: copy cifar-split.txt"):
+        load_dataset("cifar10-valid", root, "train")
+
+
 def test_cifar10_valid_search_uses_the_halves_and_retraining_tests_on_the_second(cifar10):
     root, written = cifar10
     images, _ = written["train"]
@@ -226,3 +239,85 @@ def test_cifar10_valid_runs_a_search(cifar10, tmp_path):
                         *TINY_RUN, "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["config"]["dataset"] == "cifar10-valid"
     assert "on cifar10-valid (5 weight / 5 architecture images" in (out / "log.txt").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# The x-valid / x-test halves of the CIFAR-100 and ImageNet16-120 test sets
+# --------------------------------------------------------------------------------------------
+
+
+def _split_file(path, xvalid, xtest):
+    # AutoDL's config format: each entry is [type, value]
+    path.write_text(json.dumps({"xvalid": ["int", xvalid], "xtest": ["int", xtest]}))
+
+
+@pytest.fixture
+def cifar100(tmp_path, monkeypatch):
+    from torchvision import datasets as tv_datasets
+
+    written = fx.write_cifar100(tmp_path, n_train=8, n_test=4)
+    fx.patch_cifar_md5(monkeypatch, tv_datasets.CIFAR100, tmp_path)
+    _split_file(tmp_path / "cifar100-test-split.txt", [1, 3], [0, 2])
+    return tmp_path, written
+
+
+def test_cifar100_halves_follow_the_split_file(cifar100):
+    root, written = cifar100
+    test_images, test_labels = written["test"]
+    assert get_info("cifar100-xvalid").num_classes == 100 and get_info("cifar100-xtest").name == "cifar100-xtest"
+    for name, picked in (("cifar100-xvalid", [1, 3]), ("cifar100-xtest", [0, 2])):
+        train, _ = load_dataset(name, root, "train")
+        assert len(train) == 8  # the whole training set
+        test, _ = load_dataset(name, root, "test")
+        assert len(test) == 2
+        for i, k in enumerate(picked):
+            image, label = test[i]
+            assert np.array_equal(np.asarray(image), test_images[k]) and label == test_labels[k]
+    # a search on cifar100-xvalid fits the weights on the training set and the alphas on x-valid,
+    # as the benchmark's searches do; cifar100-xtest splits its training set as usual
+    data = search_data("cifar100-xvalid", root, batch_size=2, seed=0)
+    assert (data.num_weight, data.num_arch) == (8, 2)
+    assert (search_data("cifar100-xtest", root, batch_size=2, seed=0).num_arch) == 4
+
+
+def test_imagenet16_halves_follow_the_split_file(imagenet16):
+    root, written = imagenet16
+    images, labels = written["test"]  # the 3 val_data images of the 120 classes, in order
+    _split_file(root / "imagenet-16-120-test-split.txt", [2], [0, 1])
+    test, _ = load_dataset("imagenet16-120-xtest", root, "test")
+    assert [test[i][1] for i in range(len(test))] == [labels[0], labels[1]]
+    assert np.array_equal(np.asarray(load_dataset("imagenet16-120-xvalid", root, "test")[0][0][0]), images[2])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist: the benchmark's xvalid/xtest parts are listed in it; copy cifar100-test-split.txt"),
+    ("{'xvalid': [1]}", "is not a NAS-Bench-201 split file (JSONDecodeError"),
+    (json.dumps({"xvalid": ["int", [1]]}), "holds no list of xtest indices"),
+    (json.dumps({"xvalid": ["int", [1, 9]], "xtest": ["int", [0]]}), "fall outside the 4 images they split"),
+    (json.dumps({"xvalid": [1, 2], "xtest": [2, 3]}), "the xvalid and xtest parts share images"),
+])
+def test_bad_split_files_get_one_line_naming_the_fix(cifar100, content, message):
+    root, _ = cifar100
+    path = root / "cifar100-test-split.txt"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar100-xvalid", root, "test")
+    assert message in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_cifar100_halves_run_both_scripts(cifar100, tmp_path):
+    root, _ = cifar100
+    out = tmp_path / "search"
+    assert search_main(["--dataset", "cifar100-xvalid", "--data", str(root), "--space", "nas-bench-201",
+                        "--init-channels", "4", "--layers", "3", "--batch-size", "2", "--epochs", "1",
+                        "--steps-per-epoch", "1", "--quiet", "--no-tensorboard", "--device", "cpu",
+                        "--out", str(out)]) == 0
+    arch = json.loads((out / "genotype.json").read_text())["arch"]
+    train = tmp_path / "train"
+    assert train_main(["--dataset", "cifar100-xtest", "--data", str(root), "--space", "nas-bench-201",
+                       "--cell", arch, "--epochs", "1", "--batch-size", "4", "--init-channels", "4", "--layers", "3",
+                       "--quiet", "--no-tensorboard", "--device", "cpu", "--out", str(train)]) == 0
+    assert json.loads((train / "config.json").read_text())["config"]["dataset"] == "cifar100-xtest"

@@ -107,3 +107,52 @@ def test_seeds_flag_errors(tmp_path, capsys):
     assert "'x' is not a seed" in err and "--seed and --seeds" in err and "needs --out" in err
     assert not (tmp_path / "p").exists()
     assert report_main(["--aggregate", str(tmp_path / "none")]) == 2
+
+
+def test_folds_partition_the_train_split_and_hold_one_out():
+    from darts_nas.data import dataset_labels, train_test_data
+
+    held, labels = [], None
+    for fold in range(3):
+        data = train_test_data("digits", None, 16, seed=3, folds=3, fold=fold)
+        train_idx, held_idx = data.train_loader.dataset.indices, data.heldout_loader.dataset.indices
+        labels = labels or dataset_labels(data.train_loader.dataset.dataset)
+        assert sorted(train_idx + held_idx) == list(range(len(labels)))  # fold i out, the rest in
+        assert data.num_heldout == len(held_idx) and data.num_train == len(train_idx)
+        held.append(held_idx)
+    assert sorted(i for h in held for i in h) == list(range(len(labels)))  # the folds partition the split
+    for h in held:  # stratified: each class's share of a fold is its share of the split, to one image
+        for c in set(labels):
+            assert abs(sum(labels[i] == c for i in h) - labels.count(c) / 3) <= 1
+
+
+def test_train_folds_aggregate_heldout_accuracy_resume_and_report(tmp_path, capsys):
+    parent = tmp_path / "cv"
+    assert train_main([*TRAIN, "--folds", "2", "--out", str(parent)]) == 0
+    summary = json.loads((parent / "summary.json").read_text())
+    runs = [json.loads((parent / f"fold-{i}" / "metrics.json").read_text()) for i in range(2)]
+    assert summary["unit"] == "fold" and summary["folds"] == [0, 1] and summary["headline"] == "final_heldout_acc"
+    assert summary["metrics"]["final_heldout_acc"]["values"] == {str(i): r["final_heldout_acc"] for i, r in enumerate(runs)}
+    assert summary["metrics"]["final_test_acc"]["values"] == {str(i): r["final_test_acc"] for i, r in enumerate(runs)}
+    assert [r["fold"] for r in runs] == [0, 1]
+    sizes = [json.loads((parent / f"fold-{i}" / "config.json").read_text())["dataset"] for i in range(2)]
+    assert sizes[0]["train_images"] + sizes[0]["heldout_images"] == sizes[1]["train_images"] + sizes[1]["heldout_images"]
+    lines = (parent / "fold-0" / "metrics.jsonl").read_text().splitlines()
+    assert "heldout_acc" in json.loads(lines[-1])
+    stamps = [(parent / f"fold-{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)]
+    assert train_main([*TRAIN, "--folds", "2", "--out", str(parent)]) == 0  # again: both folds skipped
+    assert [(parent / f"fold-{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)] == stamps
+    out = tmp_path / "report"
+    assert report_main([str(parent), "--out", str(out)]) == 0
+    table = (out / "report.md").read_text()
+    assert "(2-fold cross-validation)" in table and "final_heldout_acc" in table
+    assert f"| {summary['metrics']['final_heldout_acc']['mean']:.2f} ± " in table
+
+
+def test_folds_flag_errors(tmp_path, capsys):
+    assert train_main([*TRAIN, "--folds", "1", "--out", str(tmp_path / "a")]) == 2
+    assert train_main([*TRAIN, "--folds", "2", "--seeds", "1,2", "--out", str(tmp_path / "b")]) == 2
+    assert train_main([*TRAIN, "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--folds must be at least 2" in err and "--seeds and --folds both given" in err and "needs --out" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from darts_nas.cli import search_main, train_main
-from darts_nas.report import CURVES_SIZE, alphas_size, main as report_main
+from darts_nas.report import CELL_PANEL, CURVES_SIZE, alphas_size, main as report_main
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--layers", "3", "--init-channels", "4", "--batch-size", "16",
         "--steps-per-epoch", "2", "--no-tensorboard", "--quiet"]
@@ -47,14 +47,19 @@ def test_report_table_holds_the_runs_numbers_and_figures(runs, tmp_path, capsys)
     assert rows["search"]["n"] == "2" and rows["search"]["metric"] == "valid_acc"
     assert rows["search"]["method"] == "darts (preset darts-1st)" and "3.00 +- 0.14" in rows["search"]["published"]
     assert float(rows["train"]["mean"]) == pytest.approx(test_acc) and rows["train"]["n"] == "1"
-    assert rows["train"]["std"] == "" and rows["train"]["published"] == ""
+    assert rows["train"]["std"] == "" and "2.76 +- 0.09" in rows["train"]["published"]  # cells/darts_v2.json
     table = (out / "report.md").read_text()
     assert f"| {mean:.2f} ± {std:.2f} | 2 |" in table and f"| {test_acc:.2f} ± n/a | 1 |" in table
 
     pngs = sorted(out.glob("*.png"))
     curves = [p for p in pngs if p.name.startswith("curves-")]
     alphas = [p for p in pngs if p.name.startswith("alphas-")]
+    cells = [p for p in pngs if p.name.startswith("cells-")]
     assert len(curves) == 2 and len(alphas) == 2  # one per row; one per search run
+    assert len(cells) == 3  # one per search run, one for the retrained cell
+    for p in cells:
+        with Image.open(p) as im:  # a normal and a reduction cell, one panel each
+            assert im.format == "PNG" and im.size == (CELL_PANEL[0], 2 * CELL_PANEL[1])
     for p in curves:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size == CURVES_SIZE

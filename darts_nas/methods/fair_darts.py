@@ -84,4 +84,5 @@ class FairDarts(Method):
         from ..genotype import derive_threshold
 
         return derive_threshold(model.alphas_normal.detach().cpu(), model.alphas_reduce.detach().cpu(),
-                                model.primitives, threshold=self.threshold, multiplier=model.multiplier)
+                                model.primitives if model.primitives is not None else model.edge_ops,
+                                threshold=self.threshold, multiplier=model.multiplier)

@@ -141,6 +141,7 @@ class NB201Supernet(ArchParameters, nn.Module):
             method = Darts()
         self.method = method
         self.primitives = tuple(primitives)
+        self.edge_ops = {"cell": (self.primitives,) * len(EDGES)}  # every edge the same ops (darts_nas.edge_ops)
         self.C, self.N, self.num_classes = C, N, num_classes
         self.stem = _stem(in_channels, C)
         self.cells = nn.ModuleList()
