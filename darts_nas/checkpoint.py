@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 
@@ -131,11 +131,13 @@ def numbered_checkpoints(out: str | os.PathLike) -> list[Path]:
     return sorted(paths, key=_position, reverse=True)
 
 
-def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int, step: int = 0) -> Path:
+def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int, step: int = 0,
+                  protect: Collection[int] = ()) -> Path:
     """Write the numbered checkpoint (:func:`checkpoint_name`) atomically, point ``checkpoint.pt``
     at it (a hard link, replaced atomically; a copy where links are not supported) and keep the
     newest ``keep`` of those up to this one: a file that names a later position (junk, or a
-    checkpoint from elsewhere) never pushes out the checkpoint just written."""
+    checkpoint from elsewhere) never pushes out the checkpoint just written. The end-of-epoch
+    checkpoints of the epochs in ``protect`` are kept as well (DARTS-ADA may roll back to them)."""
     out = Path(out)
     path = out / checkpoint_name(epoch, step)
     save_checkpoint(path, state)
@@ -149,8 +151,17 @@ def save_rotating(out: str | os.PathLike, epoch: int, state: dict[str, Any], kee
         atomic_write_bytes(latest, path.read_bytes())
     here = _position(path)
     for old in [p for p in numbered_checkpoints(out) if _position(p) <= here][max(keep, 1):]:
-        remove_file(old)
+        if _position(old) not in {(e, float("inf")) for e in protect}:
+            remove_file(old)
     return path
+
+
+def remove_checkpoints_after(out: str | os.PathLike, epoch: int) -> None:
+    """Remove the numbered checkpoints taken after the end of ``epoch`` (those of a stretch a
+    rollback discards), newest first, so that the newest left is always a valid place to resume."""
+    for path in numbered_checkpoints(out):
+        if _position(path) > (epoch, float("inf")):
+            remove_file(path)
 
 
 def load_newest_valid(out: str | os.PathLike, warn, map_location: str | torch.device = "cpu",

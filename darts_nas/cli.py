@@ -87,6 +87,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument(*_flag("--train-portion", "--train_portion"), type=float, default=d.train_portion,
                    help="share of the training images used for the weights; the rest train the alphas")
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes")
+    g.add_argument("--cutout", type=int, default=d.cutout, metavar="PIXELS",
+                   help="cutout of this length in the search-time augmentation of both halves; 0: none (DARTS; "
+                        "RobustDARTS searches with 16)")
     g.add_argument("--benchmark", default=None, metavar="PATH",
                    help="with --space nas-bench-201: look up the derived cell after every epoch in this NAS-Bench-201 "
                         "data (NAS-Bench-201-v1_[01]-*.pth, NATS-tss-v1_0-3ffb9.pickle.pbz2, the directory "
@@ -99,7 +102,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=d.space,
                    help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
-                        "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section)")
+                        "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section), or "
+                        "RobustDARTS's s1, s2, s3, s4 (the DARTS cell, each edge its own published ops; s4 has the "
+                        "noise op; see the README's RobustDARTS section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
                    help="channels of the first cell (C)")
     g.add_argument("--layers", type=int, default=None,
@@ -122,7 +127,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "threshold derivation)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts, robust-darts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -187,9 +192,11 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "architecture-half loss with respect to the architecture parameters (RobustDARTS); 0: never")
     g.add_argument("--hessian-batches", type=int, default=d.hessian_batches, metavar="B",
                    help="architecture-half batches the Hessian is taken over")
-    g.add_argument("--early-stop", choices=["es"], default=None,
+    g.add_argument("--early-stop", choices=["es", "ada"], default=None,
                    help="es: stop when RobustDARTS's DARTS-ES rule fires on the eigenvalues (needs --hessian-every) "
-                        "and return the genotype of the epoch it points back to")
+                        "and return the genotype of the epoch it points back to; ada (DARTS-ADA): when it fires, roll "
+                        "back to that epoch's checkpoint, multiply --weight-decay by --ada-factor and go on, while the "
+                        "weight decay stays at most --ada-max-weight-decay")
     g.add_argument("--es-start-epoch", type=int, default=d.es_start_epoch,
                    help="DARTS-ES: the earlier local average must end at this epoch or later")
     g.add_argument("--es-window", type=int, default=d.es_window, help="DARTS-ES: measurements per local average")
@@ -197,6 +204,10 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="DARTS-ES: measurements between the two local averages compared")
     g.add_argument("--es-ratio", type=float, default=d.es_ratio,
                    help="DARTS-ES: stop when the later average exceeds the earlier by this factor")
+    g.add_argument("--ada-factor", type=float, default=d.ada_factor,
+                   help="DARTS-ADA: the weight decay's factor at each rollback (RobustDARTS's ADA script: 10)")
+    g.add_argument("--ada-max-weight-decay", type=float, default=d.ada_max_weight_decay,
+                   help="DARTS-ADA: the largest weight decay it raises to (RobustDARTS's ADA script: 0.03)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data split, init, shuffling), 0 to 2**32-1")
@@ -281,7 +292,8 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         drnas_reg_scale=args.drnas_reg_scale, zero_one_weight=args.zero_one_weight,
         zero_one_loss=args.zero_one_loss, fair_threshold=args.fair_threshold, hessian_every=args.hessian_every,
         hessian_batches=args.hessian_batches, early_stop=args.early_stop, es_start_epoch=args.es_start_epoch,
-        es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, seed=args.seed, device=args.device, out=args.out,
+        es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, ada_factor=args.ada_factor,
+        ada_max_weight_decay=args.ada_max_weight_decay, cutout=args.cutout, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, report_every=args.report_every, steps_per_epoch=args.steps_per_epoch,
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
@@ -308,7 +320,8 @@ def describe_presets() -> str:
         settings = ", ".join(f"{k}={v}" for k, v in sorted(p["settings"].items()))
         pub = p.get("published") or {}
         published = (f"\n  published: {pub.get('test_error')}% test error on {pub.get('dataset')}, "
-                     f"{pub.get('params_m')} M params ({pub.get('source')})") if pub else ""
+                     f"{pub.get('params_m')} M params ({pub.get('source')})") if pub.get("test_error") else (
+            f"\n  published: {pub.get('source')}" if pub else "")
         blocks.append(f"{name} (--method {p['method']}): {p.get('description', '')}\n  sets: {settings}"
                       f"\n  source: {p.get('source', '')}{published}")
     return "\n".join(blocks)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .arch_string import NB201_PRIMITIVES, SPACE
 from .errors import ConfigError
-from .primitives import PRIMITIVES  # not .genotype: the parsers' --help must not import torch
+from .primitives import PRIMITIVES, ROBUST_DARTS_SPACES  # not .genotype: --help must not import torch
 
 
 class _Settings:
@@ -89,12 +89,30 @@ def _check_checkpoint_intervals(settings) -> None:
         raise ConfigError(f"--checkpoint-minutes must be a positive number of minutes, got {minutes}")
 
 
+# DARTS-ADA's weight decay may reach its maximum up to floating-point rounding (3e-4 x 10 x 10 > 0.03 in floats).
+ADA_SLACK = 1 + 1e-9
+
 # What a search space's settings are when not given: --layers (cells), --nodes, --ops.
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
     # the benchmark's supernet: 3 stages of 5 cells, 3 nodes after the input, its 5 ops
     SPACE: {"layers": 15, "nodes": 3, "primitives": NB201_PRIMITIVES},
+    # RobustDARTS's S1-S4: the DARTS cell, each edge its own published ops; "primitives" is every op
+    # the space offers somewhere (for the record: the supernet takes the per-edge lists)
+    **{name: {"layers": 8, "nodes": 4, "primitives": tuple(dict.fromkeys(
+        op for edges in table.values() for ops in edges for op in ops))}
+       for name, table in ROBUST_DARTS_SPACES.items()},
 }
+
+
+def check_robust_darts_settings(space: str, nodes: int, primitives: tuple[str, ...]) -> None:
+    """RobustDARTS's spaces fix the cell's 14 edges and each edge's ops (one line naming the fix)."""
+    if nodes != 4:
+        raise ConfigError(f"--space {space} lists ops for the 14 edges of a 4-node DARTS cell, not --nodes {nodes}: "
+                          f"drop --nodes")
+    if tuple(primitives) != SPACE_DEFAULTS[space]["primitives"]:
+        raise ConfigError(f"--space {space} gives each edge its published ops (RobustDARTS); --ops cannot change "
+                          f"them: drop --ops (or use --space darts for one op list on every edge)")
 
 
 def check_nb201_settings(layers: int, nodes: int, primitives: tuple[str, ...]) -> None:
@@ -168,6 +186,12 @@ class SearchConfig(_Settings):
     es_window: int = 5  # DARTS-ES: measurements per local average
     es_delta: int = 4  # DARTS-ES: measurements between the two local averages compared
     es_ratio: float = 1.3  # DARTS-ES: stop when the later average exceeds the earlier by this factor
+    # DARTS-ADA (--early-stop ada): when the ES rule fires, roll back to the epoch it points to, multiply the
+    # weights' weight decay by ada_factor and go on, while it stays at most ada_max_weight_decay (RobustDARTS's
+    # scripts/DARTS-ADA_search.sh: x10 up to 0.03; their argument defaults are x3 up to 2.43e-2)
+    ada_factor: float = 10.0
+    ada_max_weight_decay: float = 0.03
+    cutout: int = 0  # cutout length of the search-time augmentation (both halves); 0: none (DARTS), 16: RobustDARTS
     # run
     seed: int = 2
     device: str = "auto"
@@ -210,10 +234,17 @@ class SearchConfig(_Settings):
             raise ConfigError(f"--hessian-every must be 0 (never) or a number of epochs, got {self.hessian_every}")
         if self.hessian_batches < 1:
             raise ConfigError(f"--hessian-batches must be at least 1, got {self.hessian_batches}")
-        if self.early_stop not in (None, "es"):
-            raise ConfigError(f"--early-stop must be es, got {self.early_stop!r}")
-        if self.early_stop == "es" and not self.hessian_every:
-            raise ConfigError("--early-stop es watches the Hessian's eigenvalue: add --hessian-every N (RobustDARTS "
+        if self.early_stop not in (None, "es", "ada"):
+            raise ConfigError(f"--early-stop must be es or ada, got {self.early_stop!r}")
+        if self.early_stop == "ada":
+            if not self.ada_factor > 1:
+                raise ConfigError(f"--ada-factor must be above 1 (RobustDARTS: 10), got {self.ada_factor}")
+            if not self.weight_decay > 0 or self.weight_decay * self.ada_factor > self.ada_max_weight_decay * ADA_SLACK:
+                raise ConfigError(f"--early-stop ada could never raise --weight-decay {self.weight_decay:g}: it must be "
+                                  f"positive and {self.weight_decay:g} x {self.ada_factor:g} at most "
+                                  f"--ada-max-weight-decay {self.ada_max_weight_decay:g}; raise the maximum")
+        if self.early_stop and not self.hessian_every:
+            raise ConfigError(f"--early-stop {self.early_stop} watches the Hessian's eigenvalue: add --hessian-every N (RobustDARTS "
                               "measures every 2 epochs)")
         for name in ("es_window", "es_delta"):
             if getattr(self, name) < 1:
@@ -223,6 +254,8 @@ class SearchConfig(_Settings):
                               f"{self.es_start_epoch} and {self.es_ratio}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.cutout < 0:
+            raise ConfigError(f"--cutout must be 0 (none) or a length in pixels (RobustDARTS: 16), got {self.cutout}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
         _check_checkpoint_intervals(self)
@@ -250,6 +283,8 @@ class SearchConfig(_Settings):
         if self.nesterov and self.unrolled:
             raise ConfigError("--unrolled takes its virtual step with plain momentum SGD, not Nesterov's: drop "
                               "--nesterov or --unrolled")
+        if self.space in ROBUST_DARTS_SPACES:
+            check_robust_darts_settings(self.space, self.nodes, self.primitives)
         if self.space == SPACE:
             check_nb201_settings(self.layers, self.nodes, self.primitives)
             if self.recompute:
@@ -273,6 +308,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "beta_decay_scale": 0.5, "sdarts_epsilon_min": 0.03, "sdarts_epsilon_max": 0.3, "sdarts_attack_steps": 7,
     "drnas_regulariser": "l2", "drnas_reg_scale": 1e-3, "hessian_every": 0, "hessian_batches": 1,
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
+    "ada_factor": 10.0, "ada_max_weight_decay": 0.03, "cutout": 0,
     "benchmark": None, "benchmark_dataset": None, "folds": None, "fold": None,
     "zero_one_weight": 10.0, "zero_one_loss": "l2", "fair_threshold": 0.85,
 }

@@ -1022,10 +1022,12 @@ def search_data(
     download: bool = False,
     image_size: int | None = None,
     device_type: str | torch.device = "cpu",
+    cutout: int = 0,
 ) -> SearchData:
     """Split the train split of ``name`` into a weight half and an architecture half, with loaders.
 
-    Both halves use the search-time augmentation (random crop, flip where valid, no cutout);
+    Both halves use the search-time augmentation (random crop, flip where valid, and cutout of
+    ``cutout`` pixels when positive: RobustDARTS searches with cutout 16, DARTS without);
     ``arch_eval_loader`` reads the architecture half with the test transform, in order.
     The split, both shuffles and the workers' seeds derive from ``seed``. A dataset with fixed
     halves (``cifar10-valid``) gives the weights its train split and the alphas its test split.
@@ -1042,7 +1044,7 @@ def search_data(
                 f"the {half} half of {name} has {len(idx)} images but a batch needs {batch_size}: "
                 f"pass a smaller --batch-size (at most {min(len(weight_idx), len(arch_idx))}) or use more data"
             )
-    augment = build_transform(info, train=True)
+    augment = build_transform(info, train=True, cutout=cutout)
     # A last batch of one image would break BatchNorm in training mode; drop it in that case only.
     weight_loader = _make_loader(
         TransformedSubset(dataset, weight_idx, augment), batch_size, True, seed + 1, workers, device_type,

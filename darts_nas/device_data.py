@@ -172,9 +172,9 @@ def _check(info: DatasetInfo) -> None:
                           f"the ImageNet recipe: drop --gpu-data and use --workers instead")
 
 
-def search_data_on_device(data: SearchData, device: torch.device) -> SearchData:
+def search_data_on_device(data: SearchData, device: torch.device, cutout: int = 0) -> SearchData:
     """The same split, shuffles and seeds as ``data``, with every loader replaced by a
-    :class:`DeviceLoader` over images decoded once."""
+    :class:`DeviceLoader` over images decoded once (``cutout``: as the search's ``--cutout``)."""
     _check(data.info)
     from .data import InfiniteLoader
 
@@ -186,10 +186,11 @@ def search_data_on_device(data: SearchData, device: torch.device) -> SearchData:
     images, labels = images.to(device), labels.to(device)
     n = len(weight_set.indices)
     w_images, w_labels, a_images, a_labels = images[:n], labels[:n], images[n:], labels[n:]
-    arch = InfiniteLoader(_like(data.arch_loader.loader, a_images, a_labels, data.info, device, augment=True))
+    arch = InfiniteLoader(_like(data.arch_loader.loader, a_images, a_labels, data.info, device, augment=True,
+                                cutout=cutout))
     arch.load_state_dict(data.arch_loader.state_dict())
     return SearchData(
-        weight_loader=_like(data.weight_loader, w_images, w_labels, data.info, device, augment=True),
+        weight_loader=_like(data.weight_loader, w_images, w_labels, data.info, device, augment=True, cutout=cutout),
         arch_loader=arch, info=data.info, num_weight=data.num_weight, num_arch=data.num_arch,
         arch_eval_loader=_like(data.arch_eval_loader, a_images, a_labels, data.info, device, augment=False),
         split=data.split,

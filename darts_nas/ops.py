@@ -18,7 +18,7 @@ from .registry import Registry
 OPS: Registry = Registry("op")
 
 # Ops without weights. They are the ones a collapsing search drifts towards.
-PARAMETER_FREE = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
+PARAMETER_FREE = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "noise"})
 
 
 class Zero(nn.Module):
@@ -251,6 +251,23 @@ class Conv7x1x7(_ReLUFirst):
         )
 
 
+class Noise(nn.Module):
+    """RobustDARTS's ``noise`` op (space S4; their ``NoiseOp`` with mean 0 and std 1, fact sheet
+    section 2.1): the input *replaced* by i.i.d. N(0, 1) noise of its shape (subsampled by the
+    stride first on a stride-2 edge); nothing of x passes and nothing is added to it. Like theirs
+    it draws noise in evaluation mode too (their op has no train/eval switch), from torch's global
+    generator, whose state every checkpoint keeps."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W) -> N(0, 1) of shape (B, C, H / stride, W / stride)
+        shape = x[:, :, :: self.stride, :: self.stride] if self.stride != 1 else x
+        return torch.randn_like(shape)
+
+
 def _skip(C: int, stride: int, affine: bool) -> nn.Module:
     return Identity() if stride == 1 else FactorizedReduce(C, C, affine)
 
@@ -266,6 +283,7 @@ OPS.register("dil_conv_3x3", lambda C, stride, affine: DilConv(C, C, 3, stride, 
 OPS.register("dil_conv_5x5", lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine))
 OPS.register("sep_conv_7x7", lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine))
 OPS.register("conv_7x1_1x7", lambda C, stride, affine: Conv7x1x7(C, stride, affine))
+OPS.register("noise", lambda C, stride, affine: Noise(stride))
 
 
 def is_pooling(name: str) -> bool:

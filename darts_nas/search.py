@@ -26,9 +26,10 @@ import torch
 
 from .accel import Speed, answer_out_of_memory
 from .bench_search import BenchmarkScorer, score_epoch
-from .checkpoint import atomic_write_text, numbered_checkpoints, save_rotating
+from .checkpoint import (atomic_write_text, checkpoint_name, load_checkpoint, numbered_checkpoints,
+                         remove_checkpoints_after, save_rotating, truncate_jsonl)
 from .commands import command
-from .config import SearchConfig
+from .config import ADA_SLACK, SearchConfig
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
 from .device_data import search_data_on_device, use_device_data
@@ -131,7 +132,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     def load():
         return search_data(config.dataset, config.data, config.batch_size, config.train_portion,
                            seed=config.seed, workers=config.workers, download=config.download,
-                           image_size=config.image_size, device_type=device.type)
+                           image_size=config.image_size, device_type=device.type, cutout=config.cutout)
 
     data = ctx.local_main_first(load) if config.download else load()  # one download per node
     check_image_size(data.info.image_size, "search", config.layers)
@@ -139,7 +140,7 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
                               config.init_channels)  # per process under torchrun
     data = ctx.shard_search_data(data, config.batch_size)
     if not ctx.is_distributed and use_device_data(config.gpu_data, device, data.info):
-        data = search_data_on_device(data, device)
+        data = search_data_on_device(data, device, cutout=config.cutout)
     lock = RunDirLock()  # held by rank 0 for the whole run: one run per directory
     out = ctx.on_main(lambda: prepare_run_dir(config.out, "search", config.dataset, config.overwrite, RUN_FILES,
                                               allow_unfinished=True, lock=lock))
@@ -179,9 +180,6 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
-    if getattr(config, "early_stop", None):  # the retraining shares this check
-        raise ConfigError("--early-stop is a single-process feature for now: each process would measure the "
-                          "Hessian on its own shard; under torchrun drop it")
     if config.gpu_data:
         raise ConfigError("--gpu-data is a single-process feature for now: under torchrun drop it "
                           "(use --workers to feed each process)")
@@ -235,19 +233,24 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         ctx.broadcast_parameters(model)
         ctx.seed_ranks(config.seed)
     start_epoch = start_step = 0
+
+    def restore(saved: dict[str, Any]) -> None:
+        """The run's state as a checkpoint holds it (on resume, and on a DARTS-ADA rollback)."""
+        model.load_state_dict(saved["model"])
+        w_optimizer.load_state_dict(saved["w_optimizer"])  # with its weight decay (DARTS-ADA raises it)
+        architect.optimizer.load_state_dict(saved["a_optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        data.arch_loader.load_state_dict(saved["arch_loader"])
+        method.load_state_dict(saved.get("method", {}))  # absent from checkpoints before methods
+        ctx.restore_rng_states(saved, config.seed)
+
     if resume is not None:
         saved_ops = resume.get("edge_ops")  # absent from checkpoints before per-edge op lists
         if saved_ops is not None and table_from_json(saved_ops) != model.edge_ops:
             raise CheckpointError(f"checkpoint {resume['path']} was taken with other candidate ops per edge than "
                                   f"this search builds: choose another --out, or pass --overwrite to start again")
         try:
-            model.load_state_dict(resume["model"])
-            w_optimizer.load_state_dict(resume["w_optimizer"])
-            architect.optimizer.load_state_dict(resume["a_optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            data.arch_loader.load_state_dict(resume["arch_loader"])
-            method.load_state_dict(resume.get("method", {}))  # absent from checkpoints before methods
-            ctx.restore_rng_states(resume, config.seed)
+            restore(resume)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             raise CheckpointError(
                 f"checkpoint {resume['path']} does not fit this search ({first_line(exc)}): it belongs to another "
@@ -285,10 +288,16 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
 
     start = time.perf_counter()
     # the eigenvalues measured so far (the warnings compare them), from the records kept on resume
-    kept = read_jsonl(out / "metrics.jsonl") if resume and ctx.is_main and (out / "metrics.jsonl").exists() else []
+    kept = ctx.on_main(lambda: read_jsonl(out / "metrics.jsonl") if resume and (out / "metrics.jsonl").exists()
+                       else [])  # every rank: under torchrun they take the early-stop decisions together
     eigenvalues = [r["hessian_eigenvalue"] for r in kept if "hessian_eigenvalue" in r]
     eigen_epochs = [r["epoch"] for r in kept if "hessian_eigenvalue" in r]
     early_stop = None  # (epoch returned to, ratio) once DARTS-ES fires
+    # DARTS-ADA: the weight decay, the rollbacks so far, and the eigenvalues since the last one (checkpointed)
+    ada = {"weight_decay": config.weight_decay, "rollbacks": [], "capped": []}
+    if config.early_stop == "ada" and resume and resume.get("ada") is not None:
+        ada = {k: v for k, v in resume["ada"].items() if k not in ("eigenvalues", "eigen_epochs")}
+        eigenvalues, eigen_epochs = list(resume["ada"]["eigenvalues"]), list(resume["ada"]["eigen_epochs"])
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
     genotype = model.genotype()
 
@@ -305,22 +314,86 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
             "arch_loader": data.arch_loader.state_dict(), **ctx.rng_states(),
             "arch_eval": arch_eval, "method": method.state_dict(), "data_split": data.split,
             "edge_ops": table_to_json(model.edge_ops),
+            **({"ada": {**ada, "eigenvalues": list(eigenvalues), "eigen_epochs": list(eigen_epochs)}}
+               if config.early_stop == "ada" else {}),
         }
+
+    def protected() -> set[int]:
+        """The epochs DARTS-ADA may still roll back to: the rule points ``es_delta`` measurements back."""
+        return set(eigen_epochs[-(config.es_delta + 1):]) if config.early_stop == "ada" else set()
+
+    def rollback(back: int, rise: float, after: int) -> None:
+        """DARTS-ADA: back to the checkpoint of epoch ``back`` with the weight decay raised; the
+        epochs after it are discarded (checkpoints, records, TensorBoard events) and run again.
+        Safe to repeat after a kill: a checkpoint of ``back`` that already holds this rollback is
+        taken as it is."""
+        nonlocal arch_eval, ada, eigenvalues, eigen_epochs, genotype
+        path = out / checkpoint_name(back)
+
+        def load() -> dict[str, Any]:
+            if not path.is_file():
+                raise CheckpointError(f"DARTS-ADA rolls back to epoch {back}, but {path} is gone (it was removed by "
+                                      f"hand); start the search again with --overwrite")
+            return load_checkpoint(path, ctx.checkpoint_location)
+
+        saved = ctx.on_main(load)  # rank 0 reads it, every rank gets it (as on resume)
+        restore(saved)
+        arch_eval = saved["arch_eval"]
+        done = saved.get("ada") is not None and len(saved["ada"]["rollbacks"]) > len(ada["rollbacks"])
+        if done:  # killed after the rolled-back checkpoint was written: it is this rollback's
+            ada = {k: v for k, v in saved["ada"].items() if k not in ("eigenvalues", "eigen_epochs")}
+        else:
+            raised = ada["weight_decay"] * config.ada_factor
+            for group in w_optimizer.param_groups:
+                group["weight_decay"] = raised
+            ada = {**ada, "weight_decay": raised,
+                   "rollbacks": [*ada["rollbacks"], {"after_epoch": after, "to_epoch": back, "ratio": rise,
+                                                     "weight_decay": raised,
+                                                     "eigenvalues": dict(zip(map(str, eigen_epochs), eigenvalues))}]}
+        eigenvalues, eigen_epochs = [], []  # the rule starts afresh under the new weight decay
+        snapshot = state(back)  # every rank's random states (a collective)
+
+        def rewrite() -> None:
+            save_rotating(out, back, snapshot, keep=config.keep_checkpoints, protect={back})
+            remove_checkpoints_after(out, back)
+            for name in ("metrics.jsonl", "history.jsonl"):
+                truncate_jsonl(out / name, back, log.info)
+            board.purge_from(back + 1)
+            save_genotype(genotype, out, config)
+
+        genotype = model.genotype()
+        ctx.on_main(rewrite)
+        log.info(f"DARTS-ADA after epoch {after}: the Hessian's eigenvalue rose {rise:.2f}x (above "
+                 f"{config.es_ratio}x); rolled back to epoch {back} with the weights' weight decay raised to "
+                 f"{ada['weight_decay']:g} (rollback {len(ada['rollbacks'])}; at most {config.ada_max_weight_decay:g})")
+
+    def ada_can_raise() -> bool:
+        return ada["weight_decay"] * config.ada_factor <= config.ada_max_weight_decay * ADA_SLACK
 
     checkpoints = StepCheckpoints(
         config.checkpoint_every, config.checkpoint_minutes, stop or GracefulStop(),
         lambda progress: save_rotating(out, progress.epoch, state(progress.epoch, progress),
-                                       keep=config.keep_checkpoints, step=progress.step),
+                                       keep=config.keep_checkpoints, step=progress.step, protect=protected()),
         f"{resume_command(out)}", log.to_file)  # the command prints the stop line
     if config.early_stop == "es" and eigen_epochs and eigen_epochs[-1] == start_epoch:
         # stopped early before the run could finish: the rule fires again on the same eigenvalues
         early_stop = _es_stop(eigenvalues, eigen_epochs, config)
         if early_stop is not None:
-            genotype = _genotype_of_epoch(out, early_stop[0], genotype)
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs if early_stop is None else start_epoch):
+            genotype = ctx.on_main(lambda: _genotype_of_epoch(out, early_stop[0], genotype))
+    if (config.early_stop == "ada" and eigen_epochs and eigen_epochs[-1] == start_epoch < config.epochs
+            and not start_step and ada_can_raise()):
+        # killed after an epoch whose measurement fired DARTS-ADA, before its rollback was complete
+        fired = _es_stop(eigenvalues, eigen_epochs, config)
+        if fired is not None:
+            rollback(*fired, after=start_epoch)
+            start_epoch = fired[0]
+    epoch, next_epoch, first = start_epoch - 1, start_epoch, True
+    while next_epoch < (config.epochs if early_stop is None else start_epoch):
+        epoch, next_epoch = next_epoch, next_epoch + 1
         set_epoch(data.weight_loader, epoch)
-        resumed = resume is not None and epoch == start_epoch and start_step > 0
+        resumed = resume is not None and first and start_step > 0
+        first = False
+        ada_fired = None
         method.start_epoch(epoch, config.epochs)
         try:
             metrics = search_one_epoch(
@@ -346,13 +419,24 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         ctx.check_replicas(model, genotype)
         diagnostics = epoch_diagnostics(model, genotype)
         if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
-            batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
-            hessian = dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
+            def measure() -> dict[str, Any]:  # under torchrun rank 0 measures on its shard, every rank gets it
+                batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
+                return dominant_eigenvalue(model, batches, weight_decay=config.arch_weight_decay, seed=config.seed)
+
+            hessian = ctx.on_main(measure)
             diagnostics.update(hessian_eigenvalue=hessian["value"], hessian_method=hessian["how"])
             eigenvalues.append(hessian["value"])
             eigen_epochs.append(epoch + 1)
             if config.early_stop == "es":
                 early_stop = _es_stop(eigenvalues, eigen_epochs, config)
+            elif config.early_stop == "ada" and epoch + 1 < config.epochs:
+                ada_fired = _es_stop(eigenvalues, eigen_epochs, config)
+                if ada_fired is not None and not ada_can_raise():
+                    ada["capped"] = [*ada["capped"], epoch + 1]  # recorded before the epoch's checkpoint
+                    log.info(f"DARTS-ADA after epoch {epoch + 1}: the rule fired ({ada_fired[1]:.2f}x), but the "
+                             f"weight decay {ada['weight_decay']:g} x {config.ada_factor:g} would pass "
+                             f"--ada-max-weight-decay {config.ada_max_weight_decay:g}: the search goes on unchanged")
+                    ada_fired = None
         record = {"epoch": epoch + 1, **metrics, "arch_lr": config.arch_learning_rate,
                   "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"], **method.scalars(),
                   **diagnostics, "elapsed": time.perf_counter() - start}
@@ -366,7 +450,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                     _ops_of(model), genotype, views=method.arch_views(model), scalars=method.scalars())
         # Captured after the last draw of the epoch; every rank's random states (a collective).
         snapshot = state(epoch + 1)
-        path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints))
+        path = ctx.on_main(lambda: save_rotating(out, epoch + 1, snapshot, keep=config.keep_checkpoints,
+                                                 protect=protected()))
         log.info(f"epoch {epoch + 1}/{config.epochs}  lr {metrics['lr']:.5f}  train loss "
                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.2f}%  arch-half loss "
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s"
@@ -386,10 +471,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs or early_stop is not None)
         if early_stop is not None:
             back, rise = early_stop
-            genotype = _genotype_of_epoch(out, back, genotype)
+            genotype = ctx.on_main(lambda: _genotype_of_epoch(out, back, genotype))
             log.info(f"early stop (DARTS-ES) after epoch {epoch + 1}: the Hessian's eigenvalue rose {rise:.2f}x "
                      f"(above {config.es_ratio}x); the search returns the genotype of epoch {back}")
             break
+        if ada_fired is not None:  # DARTS-ADA, after this epoch's checkpoint (a kill here repeats the rollback)
+            rollback(*ada_fired, after=epoch + 1)
+            next_epoch = ada_fired[0]
 
     digest = ctx.check_replicas(model, genotype)
     if ctx.is_distributed:
@@ -403,6 +491,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         "genotype": genotype.to_dict(),
         **({"early_stop": {"rule": "es", "after_epoch": epoch + 1, "genotype_epoch": early_stop[0],
                            "ratio": early_stop[1]}} if early_stop is not None else {}),
+        **({"early_stop": {"rule": "ada", "rollbacks": ada["rollbacks"], "weight_decay": ada["weight_decay"],
+                           "fired_at_maximum": ada["capped"]}} if config.early_stop == "ada" else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out), **(scorer.summary() if scorer else {}),
     }

@@ -360,6 +360,15 @@ class _Board:
         self.writer.flush()
         self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
 
+    def purge_from(self, step: int) -> None:
+        """Drop the events from ``step`` on (a DARTS-ADA rollback writes those epochs again): a new
+        event file whose purge step hides the earlier files' events from there, as on resume."""
+        if self.writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer.close()
+            self.writer = SummaryWriter(log_dir=str(self.out), purge_step=step)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

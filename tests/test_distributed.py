@@ -517,3 +517,22 @@ def test_folds_under_torchrun_share_one_process_group(tmp_path):
     assert summary["finished"] == [0, 1]
     for fold in range(2):
         assert json.loads((out / f"fold-{fold}" / "config.json").read_text())["distributed"]["world_size"] == 2
+
+
+def test_darts_ada_rolls_back_every_rank_together_under_torchrun(tmp_path):
+    """Rank 0 measures the eigenvalue and hands it to every rank, so the ranks take the DARTS-ADA
+    decision together; the rollback's checkpoint, read by rank 0, reaches every rank."""
+    args = [*SEARCH_ARGS, "--nodes", "1", "--epochs", "3", "--ops", "none,skip_connect,sep_conv_3x3",
+            "--hessian-every", "1", "--early-stop", "ada", "--es-start-epoch", "1", "--es-window", "1", "--es-delta",
+            "1", "--es-ratio", "0.5", "--ada-factor", "3", "--ada-max-weight-decay", "0.003", "--keep-checkpoints", "1",
+            "--out", str(tmp_path / "run")]
+    finish(torchrun("train_search.py", args, tmp_path), tmp_path)
+    out = tmp_path / "run"
+    log = (out / "log.txt").read_text()
+    assert log.count("DARTS-ADA after epoch 2: ") == 1 and "rolled back to epoch 1" in log
+    assert "all 2 processes hold the same weights, alphas and BatchNorm statistics" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["after_epoch"], r["to_epoch"]) for r in summary["early_stop"]["rollbacks"]] == [(2, 1)]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["w_optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(9e-4)
