@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 # imported once the arguments are known good.
 from . import __version__
 from .commands import command
-from .config import SearchConfig
+from .config import STRATEGY_NAMES, SearchConfig
 from .cpu_threads import add_threads_flag, apply_default_threads, configure_cpu
 from .errors import ConfigError, DartsNasError, RunDirError, RunStopped, print_error
 from .primitives import BUILTIN_OPS
@@ -124,10 +124,11 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "normalisation), gdas (one Gumbel-sampled op per edge), darts-minus (auxiliary skip), "
                         "beta-darts (beta-decay regulariser), sdarts-rs / sdarts-adv (perturbed weight step), "
                         "drnas (Dirichlet mixing weights), fair-darts (sigmoid mixing weights, zero-one loss, "
-                        "threshold derivation)")
+                        "threshold derivation), random-ws / spos (one uniformly sampled architecture "
+                        "per step, then a --strategy)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts, robust-darts; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts, robust-darts, random-ws; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -185,6 +186,34 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--fair-threshold", type=float, default=d.fair_threshold,
                    help="fair-darts: each node's two strongest edges keep their best op only if its sigmoid weight "
                         "is at least this, so a node may keep one input or none (0: always two)")
+
+    g = p.add_argument_group("sampling-based search (--method random-ws or spos, then a --strategy)")
+    g.add_argument("--strategy", default=None, choices=[*STRATEGY_NAMES, "none"],
+                   help="after the supernet training (or on --supernet RUN_DIR), search it: random (Li and "
+                        "Talwalkar's two-stage selection), evolution (aging evolution), local (hill climbing with "
+                        "restarts), bo (Optuna's TPE); random-ws defaults to random, spos to evolution; none: no strategy stage "
+                        "(needed under torchrun: search afterwards with --supernet)")
+    g.add_argument("--supernet", default=None, metavar="RUN_DIR",
+                   help="search the supernet of this finished search run (any method of the same --space) instead "
+                        "of training one; the results go to --out")
+    g.add_argument("--score", dest="strategy_score", default=d.strategy_score, choices=["supernet", "benchmark"],
+                   help="score candidates by the supernet's shared weights, or (nas-bench-201, with --benchmark) by "
+                        "the benchmark's 12-epoch validation accuracy, charging its recorded training time")
+    g.add_argument("--candidates", dest="strategy_candidates", type=int, default=None, metavar="N",
+                   help="budget: candidates scored (default 100 unless --strategy-seconds is given)")
+    g.add_argument("--strategy-seconds", type=float, default=None, metavar="S",
+                   help="budget: seconds of scoring (with --score benchmark: simulated training seconds; "
+                        "NAS-Bench-201's baselines use 12000)")
+    g.add_argument("--score-batches", type=int, default=d.score_batches, metavar="B",
+                   help="architecture-half batches each candidate is scored on (Li and Talwalkar: 10)")
+    g.add_argument("--bn-batches", type=int, default=d.bn_batches, metavar="B",
+                   help="weight-half batches BatchNorm's statistics are recalibrated on before each candidate is "
+                        "scored (0: keep the supernet's)")
+    g.add_argument("--rescore-top", type=int, default=d.rescore_top, metavar="K",
+                   help="random: re-score the best K of each group of 1000 on the whole architecture half")
+    g.add_argument("--population", type=int, default=d.population, help="evolution: population size")
+    g.add_argument("--sample-size", type=int, default=d.sample_size,
+                   help="evolution: members sampled (with replacement) to pick each parent")
 
     g = p.add_argument_group("collapse diagnostics")
     g.add_argument("--hessian-every", type=int, default=d.hessian_every, metavar="N",
@@ -298,6 +327,10 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         tensorboard=not args.no_tensorboard, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         benchmark=args.benchmark, benchmark_dataset=args.benchmark_dataset,
+        strategy=args.strategy, supernet=args.supernet, strategy_score=args.strategy_score,
+        strategy_candidates=args.strategy_candidates, strategy_seconds=args.strategy_seconds,
+        score_batches=args.score_batches, bn_batches=args.bn_batches, rescore_top=args.rescore_top,
+        population=args.population, sample_size=args.sample_size,
         **_speed_settings(args),
     )
     if getattr(args, "preset", None):

@@ -212,6 +212,17 @@ class SearchConfig(_Settings):
     # NAS-Bench-201 lookups of the derived cell after every epoch (darts_nas.bench_search)
     benchmark: str | None = None
     benchmark_dataset: str | None = None  # None: the search's dataset
+    # sampling-based search (darts_nas.strategies): a strategy over the trained supernet
+    strategy: str | None = None  # random, evolution, local, bo; None: the sampling method's own, else none
+    supernet: str | None = None  # search this finished run's supernet instead of training one
+    strategy_score: str = "supernet"  # or "benchmark": NAS-Bench-201's 12-epoch records, no supernet
+    strategy_candidates: int | None = None  # budget: candidates scored (None: 100 unless seconds are given)
+    strategy_seconds: float | None = None  # budget: seconds (simulated training seconds with --score benchmark)
+    score_batches: int = 10  # architecture-half batches a candidate is scored on (Li and Talwalkar: 10)
+    bn_batches: int = 10  # weight-half batches BatchNorm's statistics are recalibrated on (0: none)
+    rescore_top: int = 10  # random: the best of each group of 1,000 re-scored on the whole architecture half
+    population: int = 10  # evolution: population (NAS-Bench-201's REA: 10)
+    sample_size: int = 3  # evolution: members sampled per cycle (NAS-Bench-201's REA: 3)
 
     def __post_init__(self) -> None:
         for name, value in SPACE_DEFAULTS.get(self.space, SPACE_DEFAULTS["darts"]).items():
@@ -219,6 +230,8 @@ class SearchConfig(_Settings):
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "primitives", tuple(self.primitives))
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        if self.strategy is None and self.method in SAMPLING_STRATEGIES:
+            object.__setattr__(self, "strategy", SAMPLING_STRATEGIES[self.method])
         self.validate()
 
     def validate(self) -> None:
@@ -285,6 +298,11 @@ class SearchConfig(_Settings):
                               "--nesterov or --unrolled")
         if self.space in ROBUST_DARTS_SPACES:
             check_robust_darts_settings(self.space, self.nodes, self.primitives)
+            if self.method in SAMPLING_METHODS or wants_strategy(self):
+                raise ConfigError(f"sampling-based search (--method random-ws/spos, --strategy) is built for the darts "
+                                  f"and nas-bench-201 spaces, not RobustDARTS's per-edge --space {self.space}: use "
+                                  f"--space darts or nas-bench-201")
+        check_strategy_settings(self)
         if self.space == SPACE:
             check_nb201_settings(self.layers, self.nodes, self.primitives)
             if self.recompute:
@@ -295,10 +313,51 @@ class SearchConfig(_Settings):
 
 
 
+# Search strategies (darts_nas.strategies) and each sampling method's own strategy (its paper's).
+STRATEGY_NAMES = ("random", "evolution", "local", "bo")
+SAMPLING_STRATEGIES = {"random-ws": "random", "spos": "evolution"}
+
+
+def wants_strategy(c: Any) -> bool:
+    """Whether a strategy stage runs (``--strategy none``: a sampling method's supernet alone)."""
+    return getattr(c, "strategy", None) not in (None, "none")
+
+
+def check_strategy_settings(c: Any) -> None:
+    """The --strategy settings, in one line each (before anything is written)."""
+    if c.strategy is not None and c.strategy not in (*STRATEGY_NAMES, "none"):
+        raise ConfigError(f"unknown --strategy {c.strategy!r}; valid strategies are: {', '.join(STRATEGY_NAMES)}")
+    if c.strategy_score not in ("supernet", "benchmark"):
+        raise ConfigError(f"--score must be supernet or benchmark, got {c.strategy_score!r}")
+    if not wants_strategy(c):
+        for flag, value in (("--supernet", c.supernet), ("--score benchmark", c.strategy_score == "benchmark")):
+            if value:
+                raise ConfigError(f"{flag} needs a --strategy (random, evolution, local or bo) to search with")
+        return
+    if c.strategy_candidates is not None and c.strategy_candidates < 1:
+        raise ConfigError(f"--candidates {c.strategy_candidates} is no budget: give at least 1 candidate "
+                          f"(or --strategy-seconds)")
+    if c.strategy_seconds is not None and not (c.strategy_seconds > 0 and c.strategy_seconds != float("inf")):
+        raise ConfigError(f"--strategy-seconds {c.strategy_seconds} is no budget: give a positive number of seconds "
+                          f"(or --candidates)")
+    for name, least in (("score_batches", 1), ("bn_batches", 0), ("rescore_top", 0), ("population", 1),
+                        ("sample_size", 1)):
+        if getattr(c, name) < least:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(c, name)}")
+    if c.strategy_score == "benchmark":
+        if not c.benchmark:
+            raise ConfigError("--score benchmark looks candidates up in NAS-Bench-201: add --benchmark PATH")
+        if c.supernet:
+            raise ConfigError("--score benchmark scores without a supernet: drop --supernet (or --score benchmark "
+                              "to score by the supernet and compare with the benchmark)")
+
+
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
 METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas",
-                "fair-darts")
+                "fair-darts", "random-ws", "spos")
+# ... of which these train the supernet by sampling architectures and learn no architecture parameters
+SAMPLING_METHODS = ("random-ws", "spos")
 
 # Settings added to SearchConfig after the first release, with the value that reproduces a run
 # started before they existed: a config.json without them compares equal to these.
@@ -311,6 +370,9 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "ada_factor": 10.0, "ada_max_weight_decay": 0.03, "cutout": 0,
     "benchmark": None, "benchmark_dataset": None, "folds": None, "fold": None,
     "zero_one_weight": 10.0, "zero_one_loss": "l2", "fair_threshold": 0.85,
+    "strategy": None, "supernet": None, "strategy_score": "supernet", "strategy_candidates": None,
+    "strategy_seconds": None, "score_batches": 10, "bn_batches": 10, "rescore_top": 10, "population": 10,
+    "sample_size": 3,
 }
 
 

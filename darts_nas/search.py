@@ -29,7 +29,7 @@ from .bench_search import BenchmarkScorer, score_epoch
 from .checkpoint import (atomic_write_text, checkpoint_name, load_checkpoint, numbered_checkpoints,
                          remove_checkpoints_after, save_rotating, truncate_jsonl)
 from .commands import command
-from .config import ADA_SLACK, SearchConfig
+from .config import ADA_SLACK, SearchConfig, wants_strategy
 from .data import search_data, set_epoch
 from .device_data import describe as describe_loader
 from .device_data import search_data_on_device, use_device_data
@@ -113,6 +113,10 @@ def run(config: SearchConfig, quiet: bool = False, resume_only: bool = False) ->
     current step with a checkpoint (:class:`~darts_nas.errors.RunStopped`). Under torchrun, every
     process calls this (see :mod:`darts_nas.distributed`).
     """
+    if config.supernet or config.strategy_score == "benchmark":  # a strategy without supernet training
+        from .strategies.stage import run_strategy_only
+
+        return run_strategy_only(config, quiet)
     with session(config.device) as ctx:
         return _run(config, quiet, resume_only, ctx)
 
@@ -122,6 +126,10 @@ def _run(config: SearchConfig, quiet: bool, resume_only: bool, ctx: Distributed)
     speed = Speed(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile)
     space = SEARCH_SPACES.get(config.space)
     METHODS.get(config.method).check(config)
+    if wants_strategy(config):
+        from .strategies.stage import check_strategy
+
+        check_strategy(config)
     # before anything is written (an unknown op leaves no run directory)
     check_primitives(config.primitives, getattr(space, "ops", None))
     check_distributed_settings(config, ctx)
@@ -177,6 +185,9 @@ def check_distributed_settings(config, ctx: Distributed) -> None:
     """What does not work under torchrun yet gets a clear refusal rather than a hang."""
     if not ctx.is_distributed:
         return
+    if wants_strategy(config):
+        raise ConfigError(f"--strategy runs in one process: train the supernet under torchrun with --strategy none, "
+                          f"then search it with --supernet RUN_DIR --strategy {config.strategy} in one process")
     if config.checkpoint_every or config.checkpoint_minutes:
         raise ConfigError("--checkpoint-every and --checkpoint-minutes are single-process features for now: under "
                           "torchrun drop them (checkpoints are written after every epoch)")
@@ -194,6 +205,9 @@ def build_search(config: SearchConfig, info, speed: Speed):
         steps=config.nodes, in_channels=info.in_channels, primitives=config.primitives, method=method,
     ))
     model.recompute = config.recompute
+    if not method.learns_architecture:  # the alphas only give the edges' shape: nothing trains them
+        for a in model.arch_parameters():
+            a.requires_grad_(False)
     w_optimizer = torch.optim.SGD(model.weights(), lr=config.learning_rate, momentum=config.momentum,
                                   weight_decay=config.weight_decay, nesterov=config.nesterov)
     architect = method.make_architect(model, w_optimizer, autocast=speed.autocast)
@@ -299,7 +313,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         ada = {k: v for k, v in resume["ada"].items() if k not in ("eigenvalues", "eigen_epochs")}
         eigenvalues, eigen_epochs = list(resume["ada"]["eigenvalues"]), list(resume["ada"]["eigen_epochs"])
     arch_eval = resume["arch_eval"] if resume else {"loss": float("nan"), "acc": float("nan")}
-    genotype = model.genotype()
+    genotype = method.genotype(model)
 
     def state(epochs_done: int, progress: EpochProgress | None = None) -> dict[str, Any]:
         """Everything the rest of the run depends on, after ``epochs_done`` epochs and, inside
@@ -401,7 +415,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                 grad_clip=config.grad_clip, epoch=epoch, max_steps=config.steps_per_epoch,
                 report_every=config.report_every, log=log.info, start_step=start_step if resumed else 0,
                 progress=resume["progress"] if resumed else None, on_step=checkpoints, speed=speed,
-                dist=ctx.sync, arch_update=epoch >= config.arch_warmup_epochs)
+                dist=ctx.sync, arch_update=epoch >= config.arch_warmup_epochs and method.learns_architecture)
             # The last step's update may poison the weights after a finite loss: stop before
             # anything of this epoch is written.
             check_finite_state(model, epoch, metrics["steps"])
@@ -415,9 +429,10 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         arch_eval = evaluate(model, data.arch_eval_loader, device, speed, dist=ctx.sync, log=log.info,
                              what=f"epoch {epoch + 1}: evaluating the architecture half")
         scheduler.step()
-        genotype = model.genotype()
+        genotype = method.genotype(model)
         ctx.check_replicas(model, genotype)
-        diagnostics = epoch_diagnostics(model, genotype)
+        learns = method.learns_architecture  # without: no alphas to record, show or diagnose
+        diagnostics = epoch_diagnostics(model, genotype) if learns else {}
         if config.hessian_every and ((epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs):
             def measure() -> dict[str, Any]:  # under torchrun rank 0 measures on its shard, every rank gets it
                 batches = [speed.batch(b) for b in islice(data.arch_eval_loader, config.hessian_batches)]
@@ -443,10 +458,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         score_epoch(scorer if ctx.is_main else None, genotype, record, board, log.info)  # --benchmark
         log.append_jsonl("metrics.jsonl", record)
         log.append_jsonl("history.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict(),
-                                           **candidate_ops(model), **arch_history(model)})
+                                           **candidate_ops(model), **(arch_history(model) if learns else {})})
         if ctx.is_main:
             save_genotype(genotype, out, config)
-        board.epoch(epoch + 1, record, {t: model.arch_group(f"alphas_{t}") for t in model.cell_types()},
+        board.epoch(epoch + 1, record,
+                    {t: model.arch_group(f"alphas_{t}") for t in model.cell_types()} if learns else {},
                     _ops_of(model), genotype, views=method.arch_views(model), scalars=method.scalars())
         # Captured after the last draw of the epoch; every rank's random states (a collective).
         snapshot = state(epoch + 1)
@@ -457,15 +473,19 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                  f"{arch_eval['loss']:.4f} acc {arch_eval['acc']:.2f}%  {metrics['epoch_time']:.1f} s"
                  + "".join(f"  {k} {v:.4g}" for k, v in method.scalars().items())
                  + ("  (architecture warm-up: no architecture step yet)" if epoch < config.arch_warmup_epochs else ""))
-        log.info("  collapse signs: parameter-free share " + ", ".join(
-            f"{t} {diagnostics[f'parameter_free_{t}']:.3f}" for t in model.cell_types())
-            + (f", normal-cell skips {diagnostics['normal_skip_connections']}" if "normal_skip_connections" in diagnostics
-               else "")
-            + (f", Hessian eigenvalue {diagnostics['hessian_eigenvalue']:.4g} ({diagnostics['hessian_method']})"
-               if "hessian_eigenvalue" in diagnostics else ""))
+        if learns:
+            log.info("  collapse signs: parameter-free share " + ", ".join(
+                f"{t} {diagnostics[f'parameter_free_{t}']:.3f}" for t in model.cell_types())
+                + (f", normal-cell skips {diagnostics['normal_skip_connections']}"
+                   if "normal_skip_connections" in diagnostics else "")
+                + (f", Hessian eigenvalue {diagnostics['hessian_eigenvalue']:.4g} ({diagnostics['hessian_method']})"
+                   if "hessian_eigenvalue" in diagnostics else ""))
+        else:
+            log.info(f"  probe architecture (a uniform draw; the search's answer is the strategy's): "
+                     f"architecture-half accuracy {arch_eval['acc']:.2f}%")
         for sign in collapse_warnings(eigenvalues, genotype):
             log.info(f"  warning: collapse ahead? {sign}")
-        log.info(f"  genotype: {genotype}")
+        log.info(f"  {'genotype' if learns else 'probe'}: {genotype}")
         for warning in genotype.warnings():  # the space's (a NAS-Bench-201 cell with no input-output path)
             log.info(f"  warning: {warning}")
         checkpoints.epoch_saved(epoch + 1, path, last=epoch + 1 == config.epochs or early_stop is not None)
@@ -483,6 +503,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
     if ctx.is_distributed:
         log.info(f"all {ctx.world_size} processes hold the same weights, alphas and BatchNorm statistics "
                  f"(sha256 {digest[:16]}) and genotype")
+    strategy = None
+    if wants_strategy(config):  # the strategy stage (darts_nas.strategies): a single process, rank 0
+        from .strategies.stage import supernet_stage
+
+        genotype, strategy = supernet_stage(config, model, data, speed, log, out,
+                                            resuming=resume is not None and resume["epoch"] >= config.epochs,
+                                            bench_scorer=scorer)
     if ctx.is_main:
         save_genotype(genotype, out, config)
         board.diagrams.write(genotype, out)
@@ -495,6 +522,8 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
                            "fired_at_maximum": ada["capped"]}} if config.early_stop == "ada" else {}),
         "genotype_text": str(genotype), "valid_loss": arch_eval["loss"], "valid_acc": arch_eval["acc"],
         "wall_time": time.perf_counter() - start, "out": str(out), **(scorer.summary() if scorer else {}),
+        **({"strategy": strategy, "supernet_valid_acc": arch_eval["acc"], "valid_acc": strategy["best_score"],
+            "valid_loss": strategy.get("loss")} if strategy else {}),
     }
     board.finish(config, summary)
     if ctx.is_main:

@@ -141,6 +141,8 @@ class SearchCell(nn.Module):
             node = None
             for j, h in enumerate(states):
                 e = offset + j
+                if active is not None and active[e] < 0:  # an edge the sampled architecture leaves out
+                    continue
                 if scale is None:
                     y = self.edges[e](h, weights[e]) if active is None else self.edges[e](h, weights[e], active[e])
                 else:  # edge normalisation: the edge's factor folded into its mixing weights

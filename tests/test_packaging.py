@@ -36,7 +36,8 @@ def test_wheel_contains_cells_and_entry_points(tmp_path):
     assert {p.name for p in (ROOT / "cells").glob("*.json")} == cells
     presets = {Path(n).name for n in names if n.startswith("darts_nas/presets/") and n.endswith(".json")}
     assert {p.name for p in (ROOT / "presets").glob("*.json")} == presets and "pc_darts.json" in presets
-    assert {"darts_nas/methods/gdas.py", "darts_nas/methods/pc_darts.py", "darts_nas/spaces/darts.py"} <= names
+    assert {"darts_nas/methods/gdas.py", "darts_nas/methods/pc_darts.py", "darts_nas/spaces/darts.py",
+            "darts_nas/methods/sampling.py", "darts_nas/strategies/stage.py"} <= names
     assert "darts-search = darts_nas.cli:search_main" in entry_points
     assert "darts-train = darts_nas.cli:train_main" in entry_points
     assert "darts-report = darts_nas.report:main" in entry_points

@@ -134,3 +134,15 @@ def test_bad_robust_darts_settings_get_one_line(tmp_path, capsys, args, message)
     assert search_main(["--dataset", "digits", "--epochs", "2", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"space": "s2", "method": "spos"}, "built for the darts and nas-bench-201 spaces"),
+    ({"space": "s1", "strategy": "random"}, "built for the darts and nas-bench-201 spaces"),
+])
+def test_sampling_search_refuses_the_robust_spaces(settings, expected):
+    from darts_nas.config import SearchConfig
+    from darts_nas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        SearchConfig(**settings)

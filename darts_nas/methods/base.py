@@ -16,8 +16,11 @@ seam                               DARTS (this class's defaults)
 :meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
 :meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
 :meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
-:meth:`derive_genotype`            the genotype rule itself: the space's (DARTS's top two per node)
+:meth:`derive_genotype`            the DARTS supernet's derivation rule (``model.genotype()``): DARTS's
 :attr:`alpha_init_scale`           the alphas start as this times N(0, 1): 1e-3
+:meth:`genotype`                   the current genotype after an epoch: the supernet's derivation
+``learns_architecture``            whether there are architecture parameters to learn: yes (the
+                                   sampling methods: no architect step, no alphas recorded)
 =================================  ==================================================================
 
 The run loop sees "a method" and "named groups of architecture parameters" and nothing more:
@@ -48,7 +51,8 @@ class EdgePlan:
     """How the edges of one cell type mix their ops in one forward pass.
 
     ``weights``: (num_edges, num_ops) mixing weights, one column per candidate op.
-    ``active``: per edge, the one column whose op is computed (GDAS), or None: every op.
+    ``active``: per edge, the one column whose op is computed (GDAS), or None: every op; -1: the
+    edge is not computed at all (a sampled DARTS-space architecture leaves it out).
     ``edge_weights``: (num_edges,) factor of each edge in its node's sum (PC-DARTS's
     normalised betas), or None: a node sums its edges plainly.
     """
@@ -66,6 +70,24 @@ def draw_generator(seed: int, draw: int, retry: int = 0) -> torch.Generator:
     (``retry`` for a draw taken again): samples that are a pure function of (seed, draw), the same
     on every device and every torchrun process, so that a checkpointed draw count resumes exactly."""
     return torch.Generator().manual_seed((seed * _SEED_STRIDE + draw) % (2 ** 62) + retry * (2 ** 62))
+
+
+@contextlib.contextmanager
+def batch_statistics_pass(model: nn.Module):
+    """BatchNorm normalises with each batch's statistics and leaves its running statistics as
+    they are (an evaluation of one sampled path of a supernet whose running statistics mix all)."""
+    from ..supernet import _running_stats_frozen
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in layers]
+    with _running_stats_frozen(model):
+        for m in layers:
+            m.train(True)
+        try:
+            yield
+        finally:
+            for m, mode in zip(layers, modes):
+                m.train(mode)
 
 
 def node_slices(num_edges: int) -> list[slice]:
@@ -88,6 +110,9 @@ class Method:
     name: ClassVar[str] = "darts"
     title: ClassVar[str] = "DARTS"
     supports_unrolled: ClassVar[bool] = True
+    # False: no architecture parameters are learnt (the sampling methods); the run loop then takes
+    # no architecture step and records no alphas.
+    learns_architecture: ClassVar[bool] = True
     # Settings of SearchConfig this method reads, besides the common ones: shown in the log.
     settings: ClassVar[tuple[str, ...]] = ()
     # The DARTS-space supernet draws its alphas as this times N(0, 1) (FairDARTS: 0, all zeros).
@@ -154,6 +179,11 @@ class Method:
     def derive_genotype(self, model: nn.Module) -> Any:
         """The genotype of ``model``'s current architecture, or None: the space's own rule."""
         return None
+
+    def genotype(self, model: nn.Module):
+        """The search's current genotype (the run loop asks after every epoch): the supernet's
+        derivation from its architecture parameters."""
+        return model.genotype()
 
     # -- schedules, state, what is shown -----------------------------------------------------------------
     def start_epoch(self, epoch: int, epochs: int) -> None:

@@ -36,15 +36,14 @@ statistics at all).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import METHODS, EdgePlan, Method, draw_generator
+from .base import METHODS, EdgePlan, Method, batch_statistics_pass, draw_generator
 
 
 
@@ -112,20 +111,8 @@ class Gdas(Method):
         weights, active = straight_through(alphas, noise, self.tau)
         return EdgePlan(weights, active)
 
-    @contextlib.contextmanager
-    def eval_pass(self, model: nn.Module) -> Iterator[None]:
-        from ..supernet import _running_stats_frozen
-
-        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        modes = [m.training for m in layers]
-        with _running_stats_frozen(model):
-            for m in layers:
-                m.train(True)
-            try:
-                yield
-            finally:
-                for m, mode in zip(layers, modes):
-                    m.train(mode)
+    def eval_pass(self, model: nn.Module):
+        return batch_statistics_pass(model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, "draws": self.draws}
