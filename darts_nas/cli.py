@@ -137,12 +137,13 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="search method: darts (softmax over every op), pc-darts (partial channels and edge "
                         "normalisation), gdas (one Gumbel-sampled op per edge), darts-minus (auxiliary skip), "
                         "beta-darts (beta-decay regulariser), sdarts-rs / sdarts-adv (perturbed weight step), "
-                        "drnas (Dirichlet mixing weights), random-ws / spos (one uniformly sampled architecture "
+                        "drnas (Dirichlet mixing weights), fair-darts (sigmoid mixing weights, zero-one loss, "
+                        "threshold derivation), random-ws / spos (one uniformly sampled architecture "
                         "per step, then a --strategy), pdarts (three stages of growing depth, ops pruned "
                         "between them, skip dropout, at most 2 skips in the normal cell)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas, robust-darts, random-ws, pdarts; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts, robust-darts, random-ws, pdarts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -204,6 +205,13 @@ def build_search_parser() -> argparse.ArgumentParser:
                         + ",".join(map(str, d.pdarts_skip_dropout)) + ")")
     g.add_argument("--pdarts-max-skips", type=int, default=d.pdarts_max_skips, metavar="M",
                    help="pdarts: at most M skip connections in the final normal cell (default %(default)s)")
+    g.add_argument("--zero-one-weight", type=float, default=d.zero_one_weight,
+                   help="fair-darts: weight of the zero-one loss added to the architecture loss (0: none)")
+    g.add_argument("--zero-one-loss", default=d.zero_one_loss, choices=["l2", "l1"],
+                   help="fair-darts: -mean (sigmoid - 0.5)^2 (l2, the published) or -mean |sigmoid - 0.5| (l1)")
+    g.add_argument("--fair-threshold", type=float, default=d.fair_threshold,
+                   help="fair-darts: each node's two strongest edges keep their best op only if its sigmoid weight "
+                        "is at least this, so a node may keep one input or none (0: always two)")
 
     g = p.add_argument_group("sampling-based search (--method random-ws or spos, then a --strategy)")
     g.add_argument("--strategy", default=None, choices=[*STRATEGY_NAMES, "none"],
@@ -338,7 +346,8 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
         drnas_reg_scale=args.drnas_reg_scale, pdarts_add_layers=args.pdarts_add_layers,
         pdarts_keep=args.pdarts_keep, pdarts_skip_dropout=args.pdarts_skip_dropout,
-        pdarts_max_skips=args.pdarts_max_skips, hessian_every=args.hessian_every,
+        pdarts_max_skips=args.pdarts_max_skips, zero_one_weight=args.zero_one_weight,
+        zero_one_loss=args.zero_one_loss, fair_threshold=args.fair_threshold, hessian_every=args.hessian_every,
         hessian_batches=args.hessian_batches, early_stop=args.early_stop, es_start_epoch=args.es_start_epoch,
         es_window=args.es_window, es_delta=args.es_delta, es_ratio=args.es_ratio, ada_factor=args.ada_factor,
         ada_max_weight_decay=args.ada_max_weight_decay, cutout=args.cutout, seed=args.seed, device=args.device, out=args.out,

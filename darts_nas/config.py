@@ -179,6 +179,9 @@ class SearchConfig(_Settings):
     pdarts_keep: tuple[int, ...] = (5, 3, 1)  # ... ops per edge kept after each stage ...
     pdarts_skip_dropout: tuple[float, ...] = (0.1, 0.4, 0.7)  # ... dropout rate on skip connections
     pdarts_max_skips: int = 2  # P-DARTS: at most this many skip connections in the final normal cell
+    zero_one_weight: float = 10.0  # FairDARTS: weight of the zero-one loss in the architecture loss
+    zero_one_loss: str = "l2"  # FairDARTS: -mean (sigmoid - 0.5)^2 (l2) or -mean |sigmoid - 0.5| (l1)
+    fair_threshold: float = 0.85  # FairDARTS: a kept edge's op needs this sigmoid weight (0: two inputs per node)
     # collapse diagnostics (darts_nas.diagnostics)
     hessian_every: int = 0  # the Hessian's dominant eigenvalue every N epochs (and after the last); 0: never
     hessian_batches: int = 1  # architecture-half batches the Hessian is taken over
@@ -358,7 +361,7 @@ def check_strategy_settings(c: Any) -> None:
 # The built-in search methods (darts_nas.methods registers them; a test keeps the two in step).
 # Named here so that --help and argument checks need no torch import.
 METHOD_NAMES = ("darts", "pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas",
-                "random-ws", "spos", "pdarts")
+                "fair-darts", "random-ws", "spos", "pdarts")
 # ... of which these train the supernet by sampling architectures and learn no architecture parameters
 SAMPLING_METHODS = ("random-ws", "spos")
 
@@ -372,6 +375,7 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "early_stop": None, "es_start_epoch": 10, "es_window": 5, "es_delta": 4, "es_ratio": 1.3,
     "ada_factor": 10.0, "ada_max_weight_decay": 0.03, "cutout": 0,
     "benchmark": None, "benchmark_dataset": None, "folds": None, "fold": None,
+    "zero_one_weight": 10.0, "zero_one_loss": "l2", "fair_threshold": 0.85,
     "strategy": None, "supernet": None, "strategy_score": "supernet", "strategy_candidates": None,
     "strategy_seconds": None, "score_batches": 10, "bn_batches": 10, "rescore_top": 10, "population": 10,
     "sample_size": 3,

@@ -211,7 +211,7 @@ def png_bytes(image: Image.Image) -> bytes:
 # Cell diagrams
 # ---------------------------------------------------------------------------------------------
 
-_FILL_INPUT, _FILL_NODE, _FILL_OUTPUT = "#c7e9c0", "#c6dbef", "#fdd0a2"
+_FILL_INPUT, _FILL_NODE, _FILL_OUTPUT, _FILL_DROPPED = "#c7e9c0", "#c6dbef", "#fdd0a2", "#dddddd"
 
 
 def _dot_id(j: int) -> str:
@@ -222,11 +222,21 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def cell_dot(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str | None = None) -> str:
+def cell_dot(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str | None = None,
+             nodes: Sequence[int] | None = None) -> str:
     """DOT source of one cell in the conventional DARTS drawing, left to right: inputs
     ``c_{k-2}``, ``c_{k-1}``, intermediate nodes ``0 .. N-1``, output ``c_{k}``; each edge of the
-    genotype is labelled with its op, the concatenated nodes feed the output."""
-    steps = len(pairs) // 2
+    genotype is labelled with its op, the concatenated nodes feed the output.
+
+    ``nodes``: the node (index >= 2) each pair feeds, for a sparse cell (FairDARTS); None: two
+    pairs per node. A node the network drops (no input from a computed node) is grey, as in the
+    FairDARTS drawings, with its edges dotted and no edge to the output."""
+    targets = list(nodes) if nodes is not None else [2 + k // 2 for k in range(len(pairs))]
+    steps = max(list(targets) + list(concat) + [1]) - 1 if nodes is not None else len(pairs) // 2
+    live = {0, 1}
+    for (_, j), node in zip(pairs, targets):
+        if j in live:
+            live.add(node)
     lines = [
         "digraph cell {",
         "  rankdir=LR;",
@@ -240,12 +250,15 @@ def cell_dot(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str
     ]
     lines.append("  { rank=same; in0 -> in1 [style=invis]; }  // c_{k-2} above c_{k-1}")
     for i in range(steps):
-        lines.append(f"  n{i} [label={_quote(str(i))}, fillcolor={_quote(_FILL_NODE)}];")
+        fill = _FILL_NODE if i + 2 in live else _FILL_DROPPED
+        lines.append(f"  n{i} [label={_quote(str(i))}, fillcolor={_quote(fill)}];")
     lines.append(f"  out [label={_quote(OUTPUT_NAME)}, fillcolor={_quote(_FILL_OUTPUT)}];")
-    for k, (op, j) in enumerate(pairs):
-        lines.append(f"  {_dot_id(j)} -> n{k // 2} [label={_quote(op)}];")
+    for (op, j), node in zip(pairs, targets):
+        style = "" if j in live else ', style=dotted, color="#bbbbbb"'
+        lines.append(f"  {_dot_id(j)} -> n{node - 2} [label={_quote(op)}{style}];")
     for j in concat:
-        lines.append(f'  {_dot_id(j)} -> out [color="#999999", style=dashed];')
+        if j in live:
+            lines.append(f'  {_dot_id(j)} -> out [color="#999999", style=dashed];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -254,7 +267,8 @@ def genotype_dots(genotype, name: str | None = None) -> dict[str, str]:
     """``{"normal": dot, "reduce": dot}`` for a :class:`~darts_nas.genotype.Genotype`; ``name``
     (e.g. ``darts_v2``) heads each title: "darts_v2: normal cell"."""
     return {cell: cell_dot(getattr(genotype, cell), getattr(genotype, f"{cell}_concat"),
-                           f"{name}: {CELL_TITLES[cell]}" if name else CELL_TITLES[cell])
+                           f"{name}: {CELL_TITLES[cell]}" if name else CELL_TITLES[cell],
+                           getattr(genotype, f"{cell}_nodes", None))
             for cell in ("normal", "reduce")}
 
 

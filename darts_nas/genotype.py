@@ -5,6 +5,14 @@ A :class:`Genotype` is an immutable value: two cells (normal and reduction), eac
 concatenates. Pair ``k`` of a cell belongs to node ``2 + k // 2``; nodes 0 and 1 are the two cell
 inputs, so pair ``k`` may read any node ``j < 2 + k // 2``.
 
+A *sparse* cell (FairDARTS's threshold derivation, ``../shared/reference/methods.md`` section 3.8)
+lets a node keep any number of inputs, one or none included. It is written as FairDARTS writes it,
+``(op, node, input)`` triples in node order, e.g. ``[('sep_conv_3x3', 2, 0), ('max_pool_3x3', 4, 0)]``;
+the cell has nodes ``2 .. max(nodes and concat)``. A node with no input (node 3 above) is *dropped*:
+the final network does not compute it and leaves it out of the concatenation, as the FairDARTS code
+does ("isolated nodes are ignored"), and so is a node that only reads dropped nodes. A sparse cell
+with exactly two inputs per node in order is the ordinary cell and is stored as one.
+
 Genotypes are stored as JSON (``cells/*.json`` holds the published ones) and can be read back from
 text in three other forms, all by a small hand-written parser (never ``eval``):
 
@@ -75,15 +83,17 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def _to_cell(value: Any, name: str) -> tuple[tuple[str, int], ...]:
-    """Convert and check one cell's pairs (everything but the node-index bounds)."""
+def _to_cell(value: Any, name: str) -> tuple[tuple[tuple[str, int], ...], tuple[int, ...] | None]:
+    """Convert and check one cell: ``(pairs, None)`` for ``(op, input)`` pairs, two per node, or
+    ``(pairs, nodes)`` for a sparse cell of ``(op, node, input)`` triples (an empty list is a
+    sparse cell with no edge). Everything but the concat is checked here."""
     if not isinstance(value, (list, tuple)):
         raise GenotypeError(
             f"{name} must be a list of (op, input) pairs, got {_describe(value)}; "
             f"write it as e.g. [('sep_conv_3x3', 0), ('skip_connect', 1)]"
         )
-    if not value:
-        raise GenotypeError(f"{name} has no (op, input) pairs; give two pairs per intermediate node")
+    if not value or (isinstance(value[0], (list, tuple)) and len(value[0]) == 3):
+        return _to_sparse_cell(value, name)
     if len(value) % 2:
         raise GenotypeError(
             f"{name} has {len(value)} (op, input) pairs, an odd number; "
@@ -103,27 +113,71 @@ def _to_cell(value: Any, name: str) -> tuple[tuple[str, int], ...]:
                 f"write it as e.g. ('sep_conv_3x3', 0)"
             )
         op, j = pair
-        if not isinstance(op, str):
-            raise GenotypeError(
-                f"{where} has op {_describe(op)}; the op must be a name such as 'sep_conv_3x3'"
-            )
-        if op == "none":
-            raise GenotypeError(
-                f"{where} uses op 'none', which cannot appear in a final cell; "
-                f"drop the edge or use one of: {_valid_ops()}"
-            )
-        if op not in OPS:
-            raise GenotypeError(f"{where} has unknown op {op!r}; valid ops are: {_valid_ops()}")
+        _check_op(op, where)
         j = _as_int(j, f"the input of {where}")
-        node = 2 + k // 2
-        if not 0 <= j < node:
-            raise GenotypeError(
-                f"{where} = ({op!r}, {j}) feeds intermediate node {node - 2} (index {node}) from index {j}, but "
-                f"that node can only take indices 0..{node - 1} ({_drawn_range(node - 1)}); use an input "
-                f"index in that range"
-            )
+        _check_input(f"{where} = ({op!r}, {j})", 2 + k // 2, j)
         pairs.append((str(op), j))
-    return tuple(pairs)
+    return tuple(pairs), None
+
+
+def _check_input(shown: str, node: int, j: int) -> None:
+    """Node ``node`` (index >= 2) may read indices 0 .. node - 1."""
+    if not 0 <= j < node:
+        raise GenotypeError(
+            f"{shown} feeds intermediate node {node - 2} (index {node}) from index {j}, but "
+            f"that node can only take indices 0..{node - 1} ({_drawn_range(node - 1)}); use an input "
+            f"index in that range"
+        )
+
+
+def _check_op(op: Any, where: str) -> None:
+    if not isinstance(op, str):
+        raise GenotypeError(
+            f"{where} has op {_describe(op)}; the op must be a name such as 'sep_conv_3x3'"
+        )
+    if op == "none":
+        raise GenotypeError(
+            f"{where} uses op 'none', which cannot appear in a final cell; "
+            f"drop the edge or use one of: {_valid_ops()}"
+        )
+    if op not in OPS:
+        raise GenotypeError(f"{where} has unknown op {op!r}; valid ops are: {_valid_ops()}")
+
+
+def _to_sparse_cell(value: Any, name: str) -> tuple[tuple[tuple[str, int], ...], tuple[int, ...]]:
+    """FairDARTS's ``(op, node, input)`` triples, nodes in increasing order, each (node, input, op) once."""
+    if len(value) > 8 * MAX_NODES:
+        raise GenotypeError(f"{name} has {len(value)} edges, more than a cell of {MAX_NODES} nodes may have; "
+                            f"check the genotype")
+    pairs, nodes, seen = [], [], set()
+    for k, triple in enumerate(value):
+        where = f"{name}[{k}]"
+        if not isinstance(triple, (list, tuple)) or len(triple) != 3:
+            raise GenotypeError(
+                f"{where} must be an (op, node, input) triple like {name}[0], got {_describe(triple)}; "
+                f"write a sparse cell as e.g. [('sep_conv_3x3', 2, 0), ('skip_connect', 3, 1)]"
+            )
+        op, node, j = triple
+        _check_op(op, where)
+        node = _as_int(node, f"the node of {where}")
+        j = _as_int(j, f"the input of {where}")
+        if not 2 <= node <= MAX_NODES + 1:
+            raise GenotypeError(
+                f"{where} = ({op!r}, {node}, {j}) feeds index {node}, which is not an intermediate node; "
+                f"intermediate nodes are indices 2..{MAX_NODES + 1} (0 and 1 are the cell inputs)"
+            )
+        _check_input(f"{where} = ({op!r}, {node}, {j})", node, j)
+        if nodes and node < nodes[-1]:
+            raise GenotypeError(
+                f"{where} feeds node {node} after an edge into node {nodes[-1]}; list the edges node by node, "
+                f"in increasing node order"
+            )
+        if (op, node, j) in seen:
+            raise GenotypeError(f"{where} = ({op!r}, {node}, {j}) is listed twice; list each edge once")
+        seen.add((op, node, j))
+        pairs.append((str(op), j))
+        nodes.append(node)
+    return tuple(pairs), tuple(nodes)
 
 
 def _drawn_range(last: int) -> str:
@@ -170,46 +224,127 @@ class Genotype:
     node ``2 + k // 2``); ``normal_concat``/``reduce_concat`` are the nodes concatenated into the
     cell output. Lists are accepted and stored as tuples; the value is checked on construction
     and a :class:`GenotypeError` names the first problem.
+
+    A sparse cell (see the module docstring) may be given as ``(op, node, input)`` triples; it is
+    stored as its pairs with ``normal_nodes``/``reduce_nodes``, the node each pair feeds (None for
+    an ordinary cell). :meth:`targets` gives the node of every pair in either form.
     """
 
     normal: tuple[tuple[str, int], ...]
     normal_concat: tuple[int, ...]
     reduce: tuple[tuple[str, int], ...]
     reduce_concat: tuple[int, ...]
+    normal_nodes: tuple[int, ...] | None = None
+    reduce_nodes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for cell in _CELLS:
-            pairs = _to_cell(getattr(self, cell), cell)
-            object.__setattr__(self, cell, pairs)
+            value, given_nodes = getattr(self, cell), getattr(self, f"{cell}_nodes")
+            if given_nodes is not None:  # pairs and their nodes given apart: make them triples
+                if not isinstance(given_nodes, (list, tuple)) or not isinstance(value, (list, tuple)) or \
+                        len(given_nodes) != len(value):
+                    raise GenotypeError(f"{cell}_nodes must list one node per pair of {cell}")
+                value = [(pair[0], node, pair[1]) if isinstance(pair, (list, tuple)) and len(pair) == 2 else pair
+                         for pair, node in zip(value, given_nodes)]
+            pairs, nodes = _to_cell(value, cell)
             concat_name = f"{cell}_concat"
-            concat = _to_concat(getattr(self, concat_name), concat_name, len(pairs) // 2)
+            if nodes is None:
+                concat = _to_concat(getattr(self, concat_name), concat_name, len(pairs) // 2)
+            else:
+                concat = _to_concat(getattr(self, concat_name), concat_name, MAX_NODES)
+                steps = max(nodes + concat + (1,)) - 1
+                if steps < 1:
+                    raise GenotypeError(f"{cell} has no intermediate node (no edge, and {concat_name} lists only "
+                                        f"the inputs); give its edges or concatenate nodes >= 2")
+                if nodes == tuple(2 + k // 2 for k in range(len(pairs))) and steps == len(pairs) // 2:
+                    nodes = None  # two inputs per node, in order: the ordinary cell
+            object.__setattr__(self, cell, pairs)
             object.__setattr__(self, concat_name, concat)
+            object.__setattr__(self, f"{cell}_nodes", nodes)
 
     @property
     def normal_steps(self) -> int:
         """Number of intermediate nodes of the normal cell."""
-        return len(self.normal) // 2
+        return self.steps("normal")
 
     @property
     def reduce_steps(self) -> int:
         """Number of intermediate nodes of the reduction cell."""
-        return len(self.reduce) // 2
+        return self.steps("reduce")
+
+    def steps(self, cell: str) -> int:
+        """Intermediate nodes of ``cell``: two pairs each, or for a sparse cell every index up to
+        the largest node an edge feeds or the concat names."""
+        nodes = getattr(self, f"{cell}_nodes")
+        if nodes is None:
+            return len(getattr(self, cell)) // 2
+        return max(nodes + getattr(self, f"{cell}_concat") + (1,)) - 1
+
+    def targets(self, cell: str) -> tuple[int, ...]:
+        """The node (index >= 2) that each pair of ``cell`` feeds."""
+        nodes = getattr(self, f"{cell}_nodes")
+        return nodes if nodes is not None else tuple(2 + k // 2 for k in range(len(getattr(self, cell))))
+
+    def is_sparse(self, cell: str | None = None) -> bool:
+        """Whether ``cell`` (None: either cell) has a node with other than two inputs."""
+        return any(getattr(self, f"{c}_nodes") is not None for c in ((cell,) if cell else _CELLS))
+
+    def node_inputs(self, cell: str) -> list[list[tuple[str, int]]]:
+        """The ``(op, input)`` pairs of each intermediate node of ``cell``, node 2 first."""
+        inputs: list[list[tuple[str, int]]] = [[] for _ in range(self.steps(cell))]
+        for (op, j), node in zip(getattr(self, cell), self.targets(cell)):
+            inputs[node - 2].append((op, j))
+        return inputs
+
+    def live_nodes(self, cell: str) -> tuple[int, ...]:
+        """The intermediate nodes of ``cell`` that the final network computes: those with an input
+        from a cell input or from another such node. The others are dropped (FairDARTS)."""
+        live = {0, 1}
+        for node, pairs in enumerate(self.node_inputs(cell), start=2):
+            if any(j in live for _, j in pairs):
+                live.add(node)
+        return tuple(sorted(live - {0, 1}))
+
+    def live_concat(self, cell: str) -> tuple[int, ...]:
+        """The concat of ``cell`` without its dropped nodes: what the final network concatenates."""
+        live = set(self.live_nodes(cell)) | {0, 1}
+        return tuple(n for n in getattr(self, f"{cell}_concat") if n in live)
 
     def warnings(self) -> tuple[str, ...]:
         """Problems of the cell a person should see in the search log: none for a DARTS cell
-        (every node has two inputs and feeds the output); see the NAS-Bench-201 genotype."""
-        return ()
+        (every node has two inputs and feeds the output); a sparse cell names its dropped nodes."""
+        found = []
+        for cell in _CELLS:
+            if not self.is_sparse(cell):
+                continue
+            live = set(self.live_nodes(cell))
+            dropped = [n for n in range(2, 2 + self.steps(cell)) if n not in live]
+            if not self.live_concat(cell):
+                found.append(f"the {cell} cell keeps no path from its inputs to its output: no network can be "
+                             f"built from it (every kept weight is below the threshold: search longer or lower --fair-threshold)")
+            elif dropped:
+                found.append(f"the {cell} cell drops intermediate node(s) "
+                             f"{', '.join(str(n - 2) for n in dropped)} (no input kept): the network leaves "
+                             f"them out of its concatenation")
+        return tuple(found)
 
     # -- dict / JSON -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, list]:
         """JSON-friendly dict: ``{"normal": [["sep_conv_3x3", 0], ...], "normal_concat": [...], ...}``."""
         return {
-            "normal": [[op, j] for op, j in self.normal],
+            "normal": self._entries("normal", list),
             "normal_concat": list(self.normal_concat),
-            "reduce": [[op, j] for op, j in self.reduce],
+            "reduce": self._entries("reduce", list),
             "reduce_concat": list(self.reduce_concat),
         }
+
+    def _entries(self, cell: str, kind: type) -> list:
+        """The cell's pairs ``[op, j]``, or for a sparse cell its triples ``[op, node, j]``, as ``kind``."""
+        nodes = getattr(self, f"{cell}_nodes")
+        if nodes is None:
+            return [kind((op, j)) for op, j in getattr(self, cell)]
+        return [kind((op, node, j)) for (op, j), node in zip(getattr(self, cell), nodes)]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Genotype:
@@ -264,27 +399,34 @@ class Genotype:
 
     # -- text --------------------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        """The dataclass repr with tuples (an ordinary cell's pairs, a sparse cell's triples), which
+        :func:`parse` reads back as legacy text."""
+        return (f"Genotype(normal={tuple(self._entries('normal', tuple))!r}, normal_concat={self.normal_concat!r}, "
+                f"reduce={tuple(self._entries('reduce', tuple))!r}, reduce_concat={self.reduce_concat!r})")
+
     def __str__(self) -> str:
         """Canonical text, ``Genotype(normal=[('sep_conv_3x3', 1), ...], normal_concat=[2, 3, 4, 5],
         reduce=[...], reduce_concat=[...])`` on one line; :func:`parse` reads it back to an equal
         genotype."""
 
-        def cell(pairs: tuple[tuple[str, int], ...]) -> str:
-            return "[" + ", ".join(f"({_quote(op)}, {j})" for op, j in pairs) + "]"
+        def cell(name: str) -> str:
+            return "[" + ", ".join("(" + ", ".join([_quote(e[0]), *map(str, e[1:])]) + ")"
+                                   for e in self._entries(name, tuple)) + "]"
 
         def concat(nodes: tuple[int, ...]) -> str:
             return "[" + ", ".join(str(n) for n in nodes) + "]"
 
         return (
-            f"Genotype(normal={cell(self.normal)}, normal_concat={concat(self.normal_concat)}, "
-            f"reduce={cell(self.reduce)}, reduce_concat={concat(self.reduce_concat)})"
+            f"Genotype(normal={cell('normal')}, normal_concat={concat(self.normal_concat)}, "
+            f"reduce={cell('reduce')}, reduce_concat={concat(self.reduce_concat)})"
         )
 
     def to_compact(self) -> str:
         """The compact REFERENCE.md form, ``normal: op j, op j | ... ; concat 2-5 / reduce: ...``."""
 
-        def cell(pairs: tuple[tuple[str, int], ...]) -> str:
-            nodes = [f"{a} {i}, {b} {j}" for (a, i), (b, j) in zip(pairs[::2], pairs[1::2])]
+        def cell(name: str) -> str:  # a node with no input is '-'
+            nodes = [", ".join(f"{op} {j}" for op, j in pairs) or "-" for pairs in self.node_inputs(name)]
             return " | ".join(nodes)
 
         def concat(nodes: tuple[int, ...]) -> str:
@@ -293,8 +435,8 @@ class Genotype:
             return ",".join(str(n) for n in nodes)
 
         return (
-            f"normal: {cell(self.normal)} ; concat {concat(self.normal_concat)} / "
-            f"reduce: {cell(self.reduce)} ; concat {concat(self.reduce_concat)}"
+            f"normal: {cell('normal')} ; concat {concat(self.normal_concat)} / "
+            f"reduce: {cell('reduce')} ; concat {concat(self.reduce_concat)}"
         )
 
 
@@ -306,7 +448,14 @@ def _dump_json(data: Mapping[str, Any]) -> str:
     """JSON with one key per line and, for cells, one node (two pairs) per line."""
     lines = []
     for key, value in data.items():
-        if key in _CELLS:
+        if key in _CELLS and value and len(value[0]) == 3:  # a sparse cell: one node's triples per line
+            groups: dict[int, list[str]] = {}
+            for entry in value:
+                groups.setdefault(entry[1], []).append(json.dumps(entry))
+            body = "[\n" + ",\n".join(f"    {', '.join(node)}" for node in groups.values()) + "\n  ]"
+        elif key in _CELLS and not value:
+            body = "[]"
+        elif key in _CELLS:
             pairs = [json.dumps(pair) for pair in value]
             nodes = [", ".join(pairs[k:k + 2]) for k in range(0, len(pairs), 2)]
             body = "[\n" + ",\n".join(f"    {node}" for node in nodes) + "\n  ]"
@@ -407,7 +556,8 @@ _LEGACY_HINT = (
     "write it as Genotype(normal=[('op', input), ...], normal_concat=[2, 3, 4, 5], "
     "reduce=[...], reduce_concat=[2, 3, 4, 5])"
 )
-_COMPACT_HINT = "write it as 'normal: op j, op j | op j, op j ; concat 2-5 / reduce: ... ; concat 2-5'"
+_COMPACT_HINT = ("write it as 'normal: op j, op j | op j, op j ; concat 2-5 / reduce: ... ; concat 2-5' "
+                 "(a node with no input is '-')")
 _SPACE = " \t\r\n\f\v"
 _DIGITS = "0123456789"
 _NAME_START = re.compile(r"[A-Za-z_]")
@@ -695,23 +845,25 @@ class _CompactParser:
                 f"{_where(self.text, token.pos)}); give one normal and one reduce cell"
             )
         self.expect(":", f"':' after {cell}")
-        pairs: list[tuple[str, int]] = []
+        nodes: list[list[tuple[str, int]]] = []
         while True:
-            node_start = self.peek()
-            node = [self.pair()]
-            while self.peek().kind == ",":
+            if self.peek().kind == "-":  # a node with no input (a sparse cell)
                 self.take()
-                node.append(self.pair())
-            if len(node) != 2:
-                raise GenotypeError(
-                    f"cannot parse genotype text: the node at {_where(self.text, node_start.pos)} has "
-                    f"{len(node)} inputs; every node takes exactly two, separated by ',' (nodes by '|')"
-                )
-            pairs.extend(node)
+                nodes.append([])
+            else:
+                node = [self.pair()]
+                while self.peek().kind == ",":
+                    self.take()
+                    node.append(self.pair())
+                nodes.append(node)
             if self.peek().kind != "|":
                 break
             self.take()
-        steps = len(pairs) // 2
+        steps = len(nodes)
+        if all(len(node) == 2 for node in nodes):
+            pairs: list = [pair for node in nodes for pair in node]
+        else:  # other than two inputs somewhere: FairDARTS's (op, node, input) triples
+            pairs = [(op, i, j) for i, node in enumerate(nodes, start=2) for op, j in node]
         concat = list(range(2, 2 + steps))
         if self.peek().kind == ";":
             self.take()
@@ -815,8 +967,9 @@ def _check_primitives(primitives: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def _edge_weights(alphas: Any, num_ops: int, name: str) -> list[list[float]]:
-    """softmax(alphas) row by row, as Python floats: (num_edges, num_ops)."""
+def _edge_weights(alphas: Any, num_ops: int, name: str, normalise: bool = True) -> list[list[float]]:
+    """softmax(alphas) row by row (``normalise`` False: the checked alphas themselves), as Python
+    floats: (num_edges, num_ops)."""
     try:
         t = alphas if isinstance(alphas, torch.Tensor) else torch.as_tensor(alphas)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -835,7 +988,7 @@ def _edge_weights(alphas: Any, num_ops: int, name: str) -> list[list[float]]:
         t = t.to(torch.float32)
     if not bool(torch.isfinite(t).all()):
         raise GenotypeError(f"{name} contains NaN or inf; the search diverged, so lower the learning rates")
-    return torch.softmax(t, dim=-1).tolist()
+    return (torch.softmax(t, dim=-1) if normalise else t).tolist()
 
 
 def _is_per_edge(primitives: Any) -> bool:
@@ -853,35 +1006,30 @@ def _edge_primitives(primitives: Sequence[Sequence[str]], name: str) -> list[tup
     return rows
 
 
-def derive_cell(
-    alphas: Any, primitives: Any = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
-) -> tuple[tuple[tuple[str, int], ...], int]:
-    """Discretise one cell's alphas (num_edges, num_ops) into ``(pairs, steps)``.
-
-    See :func:`derive` for the rule. ``primitives`` is the op list of every edge, or one list per
-    edge (column ``k`` of row ``e`` is op ``primitives[e][k]``); each edge's ``none`` (where it
-    has one) is left out of its ranking and its argmax. ``edge_scale`` (num_edges,) multiplies each
-    edge's weights before the edges are ranked (PC-DARTS's normalised betas); it cannot change an
-    edge's op.
-    """
+def _cell_weights(alphas: Any, primitives: Any, name: str, normalise: bool = True
+                  ) -> tuple[list[list[float]], list[tuple[str, ...]]]:
+    """One cell's weights (softmax, or the checked logits) and each edge's op list."""
     if _is_per_edge(primitives):
         per_edge = _edge_primitives(primitives, name)
-        weights = _edge_weights(alphas, len(per_edge[0]), name)
+        weights = _edge_weights(alphas, len(per_edge[0]), name, normalise)
         if len(per_edge) != len(weights):
             raise GenotypeError(f"{name}: {len(per_edge)} per-edge op lists for {len(weights)} edges; give one per edge")
     else:
         names = _check_primitives(primitives)
-        weights = _edge_weights(alphas, len(names), name)
+        weights = _edge_weights(alphas, len(names), name, normalise)
         per_edge = [names] * len(weights)
-    if edge_scale is not None:
-        scale = torch.as_tensor(edge_scale).detach().double().cpu().reshape(-1).tolist()
-        if len(scale) != len(weights):
-            raise GenotypeError(f"{name}: {len(scale)} edge weights for {len(weights)} edges")
-        weights = [[w * f for w in row] for row, f in zip(weights, scale)]
+    return weights, per_edge
+
+
+def _strongest_two(weights: list[list[float]], per_edge: list[tuple[str, ...]], name: str,
+                   threshold: float | None = None) -> tuple[list[tuple[str, int, int]], int]:
+    """Each node's two edges with the largest weight other than ``none`` (ties: lower input index
+    first), each with its argmax op other than ``none`` (ties: the earlier primitive), strongest
+    edge first, as ``(op, node, input)``; with ``threshold``, only the edges whose op weight reaches
+    it (FairDARTS). Returns the triples and the number of intermediate nodes."""
     steps = _steps_from_edges(len(weights), name)
     candidates = [[k for k in range(len(ops)) if ops[k] != "none"] for ops in per_edge]
-
-    pairs: list[tuple[str, int]] = []
+    triples: list[tuple[str, int, int]] = []
     start = 0
     for i in range(steps):
         rows = weights[start:start + 2 + i]  # node 2 + i's edges, from inputs 0 .. 1 + i
@@ -896,8 +1044,30 @@ def derive_cell(
             for k in cands[j][1:]:
                 if rows[j][k] > rows[j][best]:  # strict: ties go to the earlier primitive
                     best = k
-            pairs.append((ops[j][best], j))
-    return tuple(pairs), steps
+            if threshold is None or rows[j][best] >= threshold:
+                triples.append((ops[j][best], 2 + i, j))
+    return triples, steps
+
+
+def derive_cell(
+    alphas: Any, primitives: Any = PRIMITIVES, name: str = "alphas", edge_scale: Any = None
+) -> tuple[tuple[tuple[str, int], ...], int]:
+    """Discretise one cell's alphas (num_edges, num_ops) into ``(pairs, steps)``.
+
+    See :func:`derive` for the rule. ``primitives`` is the op list of every edge, or one list per
+    edge (column ``k`` of row ``e`` is op ``primitives[e][k]``); each edge's ``none`` (where it
+    has one) is left out of its ranking and its argmax. ``edge_scale`` (num_edges,) multiplies each
+    edge's weights before the edges are ranked (PC-DARTS's normalised betas); it cannot change an
+    edge's op.
+    """
+    weights, per_edge = _cell_weights(alphas, primitives, name)
+    if edge_scale is not None:
+        scale = torch.as_tensor(edge_scale).detach().double().cpu().reshape(-1).tolist()
+        if len(scale) != len(weights):
+            raise GenotypeError(f"{name}: {len(scale)} edge weights for {len(weights)} edges")
+        weights = [[w * f for w in row] for row, f in zip(weights, scale)]
+    triples, steps = _strongest_two(weights, per_edge, name)
+    return tuple((op, j) for op, _, j in triples), steps
 
 
 def derive(
@@ -952,6 +1122,49 @@ def derive(
         reduce=pairs_reduce,
         reduce_concat=concat(steps_reduce),
     )
+
+
+def derive_threshold_cell(alphas: Any, primitives: Any = PRIMITIVES, threshold: float = 0.85,
+                          name: str = "alphas") -> tuple[tuple[str, int, int], ...]:
+    """FairDARTS's ``threshold_sparse`` rule on one cell's alphas (num_edges, num_ops), ``primitives``
+    one op list or one per edge as for :func:`derive_cell`: ``(op, node, input)`` triples. See
+    :func:`derive_threshold`."""
+    logits, per_edge = _cell_weights(alphas, primitives, name, normalise=False)
+    weights = torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()  # as the code: float32
+    return tuple(_strongest_two(weights, per_edge, name, threshold)[0])
+
+
+def derive_threshold(alphas_normal: Any, alphas_reduce: Any, primitives: Any = PRIMITIVES,
+                     threshold: float = 0.85, multiplier: int | None = None) -> Genotype:
+    """The genotype that FairDARTS's code derives (``parse`` with ``threshold_sparse``, its default
+    and the rule of its published cells; ``../shared/reference/methods.md`` section 3.8).
+
+    The weights are ``sigmoid(alpha)``, each op on its own. For each node the incoming edges are
+    ranked by their largest weight (excluding ``none``, which FairDARTS's op list does not have;
+    ties: lower input index first) and the top two are candidates; each keeps its argmax op (ties:
+    the earlier primitive) only if that op's weight is at least ``threshold``. A node may so keep
+    one input or none (a sparse cell, see the module docstring). The concat is the last
+    ``multiplier`` nodes as in DARTS (FairDARTS writes ``range(2, 6)``); the network leaves the
+    nodes without input out of it. ``threshold`` 0 is FairDARTS's ``--parse_method darts``: two
+    inputs per node, ranked by the sigmoid weights.
+    """
+    if isinstance(primitives, Mapping):  # an edge-op table, as for derive
+        normal_ops, reduce_ops = primitives["normal"], primitives["reduce"]
+    else:
+        normal_ops = reduce_ops = primitives
+    normal = derive_threshold_cell(alphas_normal, normal_ops, threshold, "alphas_normal")
+    reduce = derive_threshold_cell(alphas_reduce, reduce_ops, threshold, "alphas_reduce")
+    steps = {cell: _steps_from_edges(len(torch.as_tensor(a)), f"alphas_{cell}")
+             for cell, a in (("normal", alphas_normal), ("reduce", alphas_reduce))}
+
+    def concat(cell: str) -> list[int]:
+        m = steps[cell] if multiplier is None else _as_int(multiplier, "multiplier")
+        if not 1 <= m <= steps[cell]:
+            raise GenotypeError(f"multiplier {m} does not fit a cell with {steps[cell]} intermediate nodes; "
+                                f"use 1..{steps[cell]}")
+        return list(range(2 + steps[cell] - m, 2 + steps[cell]))
+
+    return Genotype(normal=normal, normal_concat=concat("normal"), reduce=reduce, reduce_concat=concat("reduce"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1056,6 +1269,8 @@ __all__ = [
     "cells_dir",
     "derive",
     "derive_cell",
+    "derive_threshold",
+    "derive_threshold_cell",
     "list_cells",
     "load_cell",
     "parse",

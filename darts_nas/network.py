@@ -77,24 +77,38 @@ class Cell(nn.Module):
     channels); both are brought to ``C`` channels (and to the same resolution, with a
     FactorizedReduce, when the previous cell was a reduction). In a reduction cell the ops on
     edges from the two inputs have stride 2. The output has ``len(concat) * C`` channels.
+
+    ``nodes`` (a sparse cell, FairDARTS): the node each pair feeds, in increasing order, any number
+    of pairs per node. A node without an input from a cell input or a computed node is dropped as
+    in the FairDARTS code: not computed, its outgoing edges not built, and left out of the concat
+    (the output has ``len(concat minus the dropped nodes) * C`` channels).
     """
 
     def __init__(self, pairs: Sequence[tuple[str, int]], concat: Sequence[int], C_pp: int,
-                 C_p: int, C: int, reduction: bool, reduction_prev: bool) -> None:
+                 C_p: int, C: int, reduction: bool, reduction_prev: bool,
+                 nodes: Sequence[int] | None = None) -> None:
         super().__init__()
         pairs = tuple((str(op), int(j)) for op, j in pairs)
         concat = tuple(int(n) for n in concat)
-        if not pairs or len(pairs) % 2:
-            raise ConfigError(
-                f"a cell needs two (op, input) pairs per intermediate node, got {len(pairs)} pairs"
-            )
-        self.steps = len(pairs) // 2
-        last = self.steps + 1
-        for k, (op, j) in enumerate(pairs):
-            if not 0 <= j < 2 + k // 2:
+        if nodes is None:
+            if not pairs or len(pairs) % 2:
                 raise ConfigError(
-                    f"pair {k} ({op!r}, {j}) feeds intermediate node {k // 2} (index {2 + k // 2}) from index "
-                    f"{j}; use an input index below {2 + k // 2} (0 is c_{{k-2}}, 1 is c_{{k-1}}, 2 is node 0)"
+                    f"a cell needs two (op, input) pairs per intermediate node, got {len(pairs)} pairs"
+                )
+            targets = tuple(2 + k // 2 for k in range(len(pairs)))
+            self.steps = len(pairs) // 2
+        else:
+            targets = tuple(int(n) for n in nodes)
+            if len(targets) != len(pairs) or list(targets) != sorted(targets) or any(n < 2 for n in targets):
+                raise ConfigError(f"nodes {list(targets)} must give one intermediate node (>= 2) per pair, "
+                                  f"in increasing order; fix the genotype")
+            self.steps = max(targets + concat + (1,)) - 1
+        last = self.steps + 1
+        for k, ((op, j), node) in enumerate(zip(pairs, targets)):
+            if not 0 <= j < node:
+                raise ConfigError(
+                    f"pair {k} ({op!r}, {j}) feeds intermediate node {node - 2} (index {node}) from index "
+                    f"{j}; use an input index below {node} (0 is c_{{k-2}}, 1 is c_{{k-1}}, 2 is node 0)"
                 )
         if not concat or any(not 0 <= n <= last for n in concat):
             raise ConfigError(f"concat {list(concat)} must list nodes in 0..{last}; fix the genotype")
@@ -105,6 +119,17 @@ class Cell(nn.Module):
                 f"a reduction cell cannot concatenate its input nodes 0 or 1 (concat {list(concat)}): "
                 f"they are at twice the resolution of the other nodes; concatenate only nodes >= 2"
             )
+        # The edges that compute something: from an input or a node that has such an edge.
+        live = {0, 1}
+        for (_, j), node in zip(pairs, targets):
+            if j in live:
+                live.add(node)
+        kept = [k for k, ((_, j), _) in enumerate(zip(pairs, targets)) if j in live]
+        concat = tuple(n for n in concat if n in live)
+        if not concat:
+            raise ConfigError("the cell keeps no path from its inputs to its output (every concatenated node "
+                              "is dropped for want of an input), so no network can be built from it; search "
+                              "longer or derive the genotype with a lower --fair-threshold")
         self.reduction = reduction
         self.reduction_prev = reduction_prev
         self.concat = concat
@@ -122,28 +147,27 @@ class Cell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=True)
 
         self.ops = nn.ModuleList()
-        for op, j in pairs:
+        for k in kept:
+            op, j = pairs[k]
             stride = 2 if reduction and j < 2 else 1
             factory = OPS.get(op)  # unknown name -> ConfigError listing the valid ones
             try:
                 self.ops.append(factory(C, stride, True))
             except ValueError:
                 raise _odd_channels_error(f"op {op!r} at stride {stride}", C) from None
-        self.indices = tuple(j for _, j in pairs)
+        self.indices = tuple(pairs[k][1] for k in kept)
+        self.targets = tuple(targets[k] for k in kept)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
         # s0: (B, C_pp, 2H, 2W) if reduction_prev else (B, C_pp, H, W); s1: (B, C_p, H, W)
-        states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
-        for i in range(self.steps):
-            node = None
-            for k in (2 * i, 2 * i + 1):
-                op = self.ops[k]
-                h = op(states[self.indices[k]])
-                # As in the paper's code: identities are never dropped.
-                if self.training and drop_prob > 0.0 and not isinstance(op, (Identity, nn.Identity)):
-                    h = drop_path(h, drop_prob)
-                node = h if node is None else node + h
-            states.append(node)
+        states: list[torch.Tensor | None] = [self.preprocess0(s0), self.preprocess1(s1)] + [None] * self.steps
+        # The edges in node order: every input of an edge is complete before the edge reads it.
+        for op, j, node in zip(self.ops, self.indices, self.targets):
+            h = op(states[j])
+            # As in the paper's code: identities are never dropped.
+            if self.training and drop_prob > 0.0 and not isinstance(op, (Identity, nn.Identity)):
+                h = drop_path(h, drop_prob)
+            states[node] = h if states[node] is None else states[node] + h
         # (B, len(concat) * C, H', W'); H' = ceil(H / 2) in a reduction cell
         return torch.cat([states[n] for n in self.concat], dim=1)
 
@@ -299,10 +323,9 @@ class _Network(nn.Module):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-                pairs, concat = genotype.reduce, genotype.reduce_concat
-            else:
-                pairs, concat = genotype.normal, genotype.normal_concat
-            cell = Cell(pairs, concat, C_pp, C_p, C_curr, reduction, reduction_prev)
+            kind = "reduce" if reduction else "normal"
+            cell = Cell(getattr(genotype, kind), getattr(genotype, f"{kind}_concat"), C_pp, C_p, C_curr, reduction,
+                        reduction_prev, nodes=getattr(genotype, f"{kind}_nodes", None))
             self.cells.append(cell)
             reduction_prev = reduction
             # The normal and the reduction cell may concatenate different numbers of nodes.

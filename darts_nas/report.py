@@ -290,10 +290,9 @@ def cell_graphs(path: Path) -> list[CellGraph]:
     graphs = []
     for cell in ("normal", "reduce"):
         pairs = getattr(genotype, cell)
-        steps = len(pairs) // 2
-        nodes = [node_name(j) for j in range(steps + 2)] + ["c_{k}"]
-        graphs.append(CellGraph(CELL_TITLES[cell], nodes, [(j, 2 + k // 2, op) for k, (op, j) in enumerate(pairs)],
-                                list(getattr(genotype, f"{cell}_concat"))))
+        nodes = [node_name(j) for j in range(genotype.steps(cell) + 2)] + ["c_{k}"]
+        edges = [(j, target, op) for (op, j), target in zip(pairs, genotype.targets(cell))]  # sparse cells too
+        graphs.append(CellGraph(CELL_TITLES[cell], nodes, edges, list(getattr(genotype, f"{cell}_concat"))))
     return graphs
 
 

@@ -257,9 +257,11 @@ class Supernet(ArchParameters, nn.Module):
         self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_p, num_classes)
 
-        # Eq. 2 of the paper; 1e-3 noise as in the reference code rather than exact zeros.
-        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(self.edge_ops["normal"][0])))
-        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(self.edge_ops["reduce"][0])))
+        # Eq. 2 of the paper; 1e-3 noise as in the reference code rather than exact zeros (the
+        # method's scale: FairDARTS's code starts from zeros; the draw is taken either way).
+        scale = getattr(method, "alpha_init_scale", 1e-3)
+        self.alphas_normal = nn.Parameter(scale * torch.randn(k, len(self.edge_ops["normal"][0])))
+        self.alphas_reduce = nn.Parameter(scale * torch.randn(k, len(self.edge_ops["reduce"][0])))
         self._arch_names = ["alphas_normal", "alphas_reduce"]
         for name, shape in method.extra_arch_parameters(self.cell_types(), k).items():
             self.register_parameter(name, nn.Parameter(1e-3 * torch.randn(*shape)))
@@ -305,7 +307,10 @@ class Supernet(ArchParameters, nn.Module):
         return self.classifier(out)
 
     def genotype(self) -> Genotype:
-        """Discretise the current alphas (REFERENCE section 2)."""
+        """Discretise the current alphas (REFERENCE section 2), or by the method's own rule."""
+        own = self.method.derive_genotype(self)
+        if own is not None:
+            return own
         return derive(self.alphas_normal.detach().cpu(), self.alphas_reduce.detach().cpu(),
                       self.primitives if self.primitives is not None else self.edge_ops, multiplier=self.multiplier,
                       edge_scale=(self.method.edge_scale(self, "normal"), self.method.edge_scale(self, "reduce")))

@@ -189,8 +189,8 @@ def alpha_heatmap(cell: str, alphas: Any, primitives: Any, genotype: Genotype,
     if probs.shape != (len(edge_names(steps)), len(primitives)):
         raise ValueError(f"alphas of shape {tuple(probs.shape)} do not match a {steps}-node cell "
                          f"with {len(primitives)} ops")
-    marked = frozenset((edge_row(k // 2, j), list(primitives).index(op))
-                       for k, (op, j) in enumerate(getattr(genotype, cell)))
+    marked = frozenset((edge_row(node - 2, j), list(primitives).index(op))
+                       for (op, j), node in zip(getattr(genotype, cell), genotype.targets(cell)))
     breaks = tuple(edge_row(i, 0) for i in range(steps))
     title = f"{CELL_TITLES[cell]}: softmax(alpha)" + (f", epoch {epoch}" if epoch is not None else "")
     return Heatmap(values=probs, rows=tuple(edge_names(steps)), columns=tuple(primitives), marked=marked,
@@ -205,12 +205,14 @@ def genotype_markdown(genotype: Genotype) -> str:
         return genotype.markdown() + "\n"
     parts = []
     for cell in CELL_TYPES:
-        pairs = getattr(genotype, cell)
         rows = [f"**{CELL_TITLES[cell]}**", "", "| node | inputs | ops |", "|---|---|---|"]
-        for i in range(len(pairs) // 2):
-            (op_a, a), (op_b, b) = pairs[2 * i], pairs[2 * i + 1]
-            rows.append(f"| `{i}` | `{node_name(a)}`, `{node_name(b)}` | `{op_a}`, `{op_b}` |")
-        concat = ", ".join(f"`{node_name(j)}`" for j in getattr(genotype, f"{cell}_concat"))
+        for i, inputs in enumerate(genotype.node_inputs(cell)):
+            if not inputs:
+                rows.append(f"| `{i}` | none: dropped | |")
+                continue
+            rows.append(f"| `{i}` | {', '.join(f'`{node_name(j)}`' for _, j in inputs)} | "
+                        f"{', '.join(f'`{op}`' for op, _ in inputs)} |")
+        concat = ", ".join(f"`{node_name(j)}`" for j in genotype.live_concat(cell))
         rows.append(f"| `{OUTPUT_NAME}` | {concat} | concat |")
         parts.append("\n".join(rows))
     parts.append("```\n" + str(genotype) + "\n```")
@@ -452,7 +454,8 @@ class SearchBoard(_Board):
         steps = getattr(genotype, f"{cell}_steps", None)
         rows = tuple(edge_names(steps)) if steps is not None and len(edge_names(steps)) == len(v) else \
             tuple(str(i) for i in range(len(v)))
-        kept = {edge_row(k // 2, j) for k, (_, j) in enumerate(getattr(genotype, cell, ()))} if steps else set()
+        kept = {edge_row(node - 2, j) for (_, j), node in zip(getattr(genotype, cell, ()), genotype.targets(cell))} \
+            if steps else set()
         heatmap = Heatmap(values=v, rows=rows, columns=("edge weight",), marked=frozenset((r, 0) for r in kept),
                           title=f"{name}, epoch {epoch}", breaks=tuple(edge_row(i, 0) for i in range(steps or 0)),
                           note="boxed: the edges kept by the derived genotype")

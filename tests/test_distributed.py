@@ -292,7 +292,7 @@ def test_two_rank_search_has_one_writer_and_one_model(two_rank_search):
 
 
 @pytest.mark.parametrize("method", ["pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv",
-                                    "drnas"])
+                                    "drnas", "fair-darts"])
 def test_every_method_runs_under_torchrun_with_one_model(tmp_path, method):
     """Two gloo ranks: the betas are averaged like the alphas, and GDAS's samples are the same on
     every rank (a pure function of seed and step), so the replicas stay identical."""

@@ -52,6 +52,15 @@ PDARTS reduce: avg_pool_3x3 0, sep_conv_5x5 1 | sep_conv_3x3 0, dil_conv_5x5 2 |
 DrNAS_cifar10 normal: sep_conv_3x3 0, sep_conv_5x5 1 | sep_conv_3x3 1, sep_conv_3x3 2 | skip_connect 0, sep_conv_3x3 1 | sep_conv_3x3 2, dil_conv_5x5 3 ; concat 2-5
 DrNAS_cifar10 reduce: max_pool_3x3 0, sep_conv_5x5 1 | dil_conv_5x5 2, sep_conv_5x5 1 | sep_conv_5x5 1, dil_conv_5x5 3 | skip_connect 4, sep_conv_5x5 1 ; concat 2-5
 """,
+    # FairDARTS's sparse cells (the authors' genotypes.py; '-' is a node with no input)
+    "fairdarts_a": """
+FairDARTS_a normal: sep_conv_3x3 0, sep_conv_5x5 1 | - | max_pool_3x3 0 | sep_conv_3x3 0 ; concat 2-5
+FairDARTS_a reduce: max_pool_3x3 0, avg_pool_3x3 1 | avg_pool_3x3 0, dil_conv_5x5 1 | avg_pool_3x3 0, sep_conv_5x5 1 | skip_connect 0, skip_connect 1 ; concat 2-5
+""",
+    "fairdarts_b": """
+FairDARTS_b normal: sep_conv_3x3 0, sep_conv_3x3 1 | sep_conv_3x3 1 | dil_conv_3x3 0, sep_conv_5x5 1 | dil_conv_5x5 1 ; concat 2-5
+FairDARTS_b reduce: skip_connect 0, dil_conv_3x3 1 | skip_connect 0, dil_conv_3x3 1 | max_pool_3x3 0, sep_conv_3x3 1 | skip_connect 2, max_pool_3x3 0 ; concat 2-5
+""",
     "nasnet": """
 NASNet normal: sep_conv_5x5 1, sep_conv_3x3 0 | sep_conv_5x5 0, sep_conv_3x3 0 | avg_pool_3x3 1, skip_connect 0 | avg_pool_3x3 0, avg_pool_3x3 0 | sep_conv_3x3 1, skip_connect 1 ; concat 2-6
 NASNet reduce: sep_conv_5x5 1, sep_conv_7x7 0 | max_pool_3x3 1, sep_conv_7x7 0 | avg_pool_3x3 1, sep_conv_5x5 0 | skip_connect 3, avg_pool_3x3 2 | sep_conv_3x3 2, max_pool_3x3 1 ; concat 4,5,6
@@ -88,7 +97,9 @@ def legacy_text(g: Genotype, *, use_range: bool, quote: str = "'", tuples: bool 
     """The original DARTS repr of ``g``, built independently of Genotype.__str__."""
     opening, closing = ("(", ")") if tuples else ("[", "]")
 
-    def cell(pairs):
+    def cell(pairs, nodes=None):  # a sparse cell as FairDARTS writes it: (op, node, input)
+        if nodes is not None:
+            return opening + ", ".join(f"({quote}{op}{quote}, {n}, {j})" for (op, j), n in zip(pairs, nodes)) + closing
         return opening + ", ".join(f"({quote}{op}{quote}, {j})" for op, j in pairs) + closing
 
     def concat(nodes):
@@ -97,8 +108,8 @@ def legacy_text(g: Genotype, *, use_range: bool, quote: str = "'", tuples: bool 
         return opening + ", ".join(map(str, nodes)) + ("," if tuples and len(nodes) == 1 else "") + closing
 
     parts = {
-        "normal": cell(g.normal), "normal_concat": concat(g.normal_concat),
-        "reduce": cell(g.reduce), "reduce_concat": concat(g.reduce_concat),
+        "normal": cell(g.normal, g.normal_nodes), "normal_concat": concat(g.normal_concat),
+        "reduce": cell(g.reduce, g.reduce_nodes), "reduce_concat": concat(g.reduce_concat),
     }
     return "Genotype(" + ",\n    ".join(f"{key}={parts[key]}" for key in order) + ")"
 
@@ -279,7 +290,6 @@ def test_save_is_atomic_and_merges_extra(tmp_path):
         ({"normal": [("sep_conv_3x3", 2), ("skip_connect", 1)]}, "normal[0]"),
         ({"reduce": [("max_pool_3x3", 0), ("max_pool_3x3", -1)]}, "reduce[1]"),
         ({"normal": [("sep_conv_3x3", 0), ("skip_connect", 1), ("skip_connect", 0)]}, "odd"),
-        ({"normal": []}, "no (op, input) pairs"),
         ({"normal_concat": []}, "empty"),
         ({"normal_concat": [2, 3]}, "normal_concat"),
         ({"reduce_concat": [-1]}, "reduce_concat"),
@@ -384,7 +394,6 @@ def test_load_errors_name_the_path(tmp_path):
         "Genotype(normal=" + "[" * 500 + "]" * 500 + ")",
         "normal: sep_conv_3x3 0, sep_conv_3x3 1 ; concat 2-5",  # one cell only
         "normal: sep_conv_3x3 0, sep_conv_3x3 1 reduce: max_pool_3x3 0, max_pool_3x3 1",
-        "normal: sep_conv_3x3 0 / reduce: max_pool_3x3 0, max_pool_3x3 1",  # one input
         "normal: sep_conv_3x3 0, sep_conv_3x3 1 ; concat 3-2 / reduce: max_pool_3x3 0, max_pool_3x3 1",
         "normal: sep_conv_3x3 0, sep_conv_3x3 -1 / reduce: max_pool_3x3 0, max_pool_3x3 1",
         "normal: a 0, b 1 / normal: a 0, b 1",

@@ -243,8 +243,8 @@ def test_gdas_refuses_bad_settings(settings, message):
 # ---------------------------------------------------------------------------------------------
 
 def test_presets_hold_the_published_protocols():
-    assert list_presets() == ["beta-darts", "darts-1st", "darts-2nd", "darts-minus", "drnas", "gdas", "pc-darts",
-                              "pdarts", "random-ws", "robust-darts", "sdarts-adv", "sdarts-rs"]
+    assert list_presets() == ["beta-darts", "darts-1st", "darts-2nd", "darts-minus", "drnas", "fair-darts", "gdas",
+                              "pc-darts", "pdarts", "random-ws", "robust-darts", "sdarts-adv", "sdarts-rs"]
     pc = load_preset("PC_DARTS")["settings"]
     assert (pc["batch_size"], pc["learning_rate"], pc["arch_learning_rate"], pc["arch_warmup_epochs"]) == (
         256, 0.1, 6e-4, 15)
@@ -326,7 +326,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("method", ["pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv",
-                                    "drnas"])
+                                    "drnas", "fair-darts"])
 def test_every_method_resumes_bit_identical_after_sigkill_inside_an_epoch(tmp_path, method):
     args = [*TINY, "--method", method, "--checkpoint-every", "1", "--arch-warmup-epochs", "1"]
     reference = tmp_path / "reference"

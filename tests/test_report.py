@@ -89,3 +89,15 @@ def test_report_without_matplotlib_unfinished_and_bad_input(runs, tmp_path, caps
     assert report_main([str(tmp_path / "empty-or-missing"), "--out", str(out)]) == 2
     assert "holds neither a run" in capsys.readouterr().err
     assert report_main([]) == 2
+
+
+def test_cell_graph_of_a_sparse_genotype_follows_its_nodes(tmp_path):
+    """A FairDARTS cell (node 3 without input, node 4 with one) is drawn from its own targets."""
+    from darts_nas.genotype import load_cell
+    from darts_nas.report import cell_graphs
+
+    genotype = load_cell("fairdarts_a")
+    genotype.save(tmp_path / "genotype.json")
+    normal = cell_graphs(tmp_path / "genotype.json")[0]
+    assert [t for _, t, _ in normal.edges] == list(genotype.targets("normal"))
+    assert len(normal.nodes) == genotype.steps("normal") + 3  # two inputs, the intermediate nodes, the output

@@ -6,6 +6,6 @@ subclasses ``Method`` and registers itself (see the README's "Adding a method").
 """
 
 from .base import METHODS, EdgePlan, Method, Stage, node_slices
-from . import darts, pc_darts, gdas, darts_minus, beta_darts, sdarts, drnas, sampling, pdarts  # noqa: F401,I001  (registers the built-ins, in this order)
+from . import darts, pc_darts, gdas, darts_minus, beta_darts, sdarts, drnas, fair_darts, sampling, pdarts  # noqa: F401,I001  (registers the built-ins, in this order)
 
 __all__ = ["METHODS", "EdgePlan", "Method", "Stage", "node_slices"]

@@ -16,6 +16,8 @@ seam                               DARTS (this class's defaults)
 :meth:`start_epoch`                per-epoch schedules (GDAS's temperature): none
 :meth:`make_architect`             the architecture step: first or second order (``--unrolled``)
 :meth:`edge_scale`                 how a genotype ranks edges: by the op weights alone
+:meth:`derive_genotype`            the DARTS supernet's derivation rule (``model.genotype()``): DARTS's
+:attr:`alpha_init_scale`           the alphas start as this times N(0, 1): 1e-3
 :meth:`genotype`                   the current genotype after an epoch: the supernet's derivation
 ``learns_architecture``            whether there are architecture parameters to learn: yes (the
                                    sampling methods: no architect step, no alphas recorded)
@@ -135,6 +137,8 @@ class Method:
     learns_architecture: ClassVar[bool] = True
     # Settings of SearchConfig this method reads, besides the common ones: shown in the log.
     settings: ClassVar[tuple[str, ...]] = ()
+    # The DARTS-space supernet draws its alphas as this times N(0, 1) (FairDARTS: 0, all zeros).
+    alpha_init_scale: ClassVar[float] = 1e-3
 
     def __init__(self, config: Any = None) -> None:
         self.config = config
@@ -192,6 +196,10 @@ class Method:
     # -- the genotype ----------------------------------------------------------------------------------
     def edge_scale(self, model: nn.Module, cell_type: str) -> torch.Tensor | None:
         """A positive factor per edge applied to its op weights before edges are ranked (None: 1)."""
+        return None
+
+    def derive_genotype(self, model: nn.Module) -> Any:
+        """The genotype of ``model``'s current architecture, or None: the space's own rule."""
         return None
 
     def genotype(self, model: nn.Module):
