@@ -261,3 +261,15 @@ def test_a_run_stopped_inside_stage_two_resumes_bit_identical(tmp_path, referenc
     assert one_thread([*ARGS, "--out", str(out)]) == 0
     assert "(stage 2 of 2)" in (out / "log.txt").read_text()
     assert_same_run(reference, out)
+
+
+def test_the_progressive_schedule_runs_under_torchrun_with_one_model(tmp_path):
+    from test_distributed import finish, torchrun
+
+    args = [a for a in ARGS if a != "--quiet"] + ["--out", str(tmp_path / "run")]
+    args[args.index("--checkpoint-every"):args.index("--checkpoint-every") + 2] = []  # single-process only
+    stdout = finish(torchrun("train_search.py", args, tmp_path), tmp_path)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert stdout.count("search finished") == 1 and log.count("stage 2 of 2: 3 cells, 4 candidate ops") == 1
+    assert "all 2 processes hold the same weights, alphas and BatchNorm statistics" in log
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["stage"] == 1
