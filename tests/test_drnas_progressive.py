@@ -24,6 +24,7 @@ from darts_nas.methods.drnas import DrNAS, kept_columns
 from darts_nas.methods.pc_darts import PartialChannelEdge
 from darts_nas.search import build_search
 from darts_nas.tracking import read_jsonl
+from test_pdarts import assert_same_run, one_thread  # one thread: the thread count changes float rounding
 
 OPS7 = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
         "dil_conv_5x5")
@@ -32,15 +33,6 @@ ARGS = ["--dataset", "digits", "--method", "drnas", "--drnas-progressive", "--op
         "--init-channels", "12", "--layers", "3", "--nodes", "2", "--batch-size", "16", "--train-portion", "0.8",
         "--steps-per-epoch", "2", "--epochs", "2", "--arch-warmup-epochs", "1", "--checkpoint-every", "1",
         "--keep-checkpoints", "30", "--quiet", "--no-tensorboard", "--device", "cpu"]
-
-
-def one_thread(args) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the thread count changes float rounding
-    try:
-        return search_main(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +233,6 @@ def truncated_copy(reference, out, checkpoint: str, records: int) -> None:
 def test_a_run_stopped_right_after_stage_one_resumes_bit_identical(tmp_path, reference):
     """The newest checkpoint is the end of stage 1: resuming makes the transition (pruning, the
     carried alphas, Adam state, weights and schedule) again from it."""
-    from test_pdarts import assert_same_run
-
     out = tmp_path / "run"
     truncated_copy(reference, out, "checkpoint-epoch0002.pt", 2)
     assert load_checkpoint(out / "checkpoint-epoch0002.pt")["stage"] == 0
@@ -252,8 +242,6 @@ def test_a_run_stopped_right_after_stage_one_resumes_bit_identical(tmp_path, ref
 
 
 def test_a_run_stopped_inside_stage_two_resumes_bit_identical(tmp_path, reference):
-    from test_pdarts import assert_same_run
-
     out = tmp_path / "run"
     step = sorted(p.name for p in reference.glob("checkpoint-epoch0004-step*.pt"))[0]  # inside stage 2's epoch 2
     truncated_copy(reference, out, step, 3)
