@@ -78,7 +78,8 @@ class Stage:
     ``keep``: how many candidate ops each edge keeps for the next stage (None: the last stage);
     ``settings``: the method's own per-stage values (P-DARTS's skip dropout rate), handed to
     :meth:`Method.start_stage`. The run loop builds a new supernet, weight optimiser, learning
-    rate schedule and architect at the start of every stage; epochs are numbered globally.
+    rate schedule and architect at the start of every stage, into which :meth:`Method.carry_over`
+    copies what the method carries from the finished stage; epochs are numbered globally.
     """
 
     epochs: int
