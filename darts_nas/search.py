@@ -17,7 +17,9 @@ Under torchrun the processes share the search and rank 0 alone writes (:mod:`dar
 A staged search (P-DARTS) follows the method's stage plan (:meth:`Method.stages`): each stage
 trains a fresh supernet of its own depth on the candidate ops per edge that the method kept from
 the previous stage's alphas (:meth:`Method.next_edge_ops`), with a fresh weight optimiser, cosine
-schedule over the stage's epochs and architect. Epochs are numbered globally (1 .. the sum of the
+schedule over the stage's epochs (or :attr:`Stage.cosine_epochs`) and architect, into which the
+method copies what it carries across the transition (:meth:`Method.carry_over`; DrNAS's progressive
+schedule: the kept alphas, their Adam state, the schedule). Epochs are numbered globally (1 .. the sum of the
 stages' epochs) in every record, on the board and in the checkpoints; metrics.jsonl and
 history.jsonl also carry ``"stage"`` (1-based). The checkpoint records the stage and its edge-op
 table, so that a resumed run rebuilds the stage's supernet before loading it; a run checkpointed
@@ -53,6 +55,7 @@ from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everyth
 from .edge_ops import table_from_json, table_to_json
 from .diagnostics import collapse_warnings, dominant_eigenvalue, epoch_diagnostics, es_stop
 from .methods import METHODS
+from .methods.base import SearchParts
 from .runfiles import RunDirLock
 from .spaces import SEARCH_SPACES
 from .supernet import check_primitives
@@ -262,9 +265,11 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
 
     def build_stage(index: int, edge_ops=None):
         """The supernet, weight SGD, architect and cosine schedule of stage ``index``."""
+        method.start_stage(index, plan[index])  # before the build: the method's edges may depend on the stage
         model, w_optimizer, architect = build_search(config, info, speed, method, plan[index].layers, edge_ops)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            w_optimizer, T_max=max(plan[index].epochs, 1), eta_min=config.learning_rate_min)
+            w_optimizer, T_max=max(plan[index].cosine_epochs or plan[index].epochs, 1),
+            eta_min=config.learning_rate_min)
         if ctx.is_distributed:  # gradients of the global batch, one model on every rank
             architect.average_gradients = ctx.average
             ctx.broadcast_parameters(model)
@@ -446,12 +451,13 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         if stage_of(epoch) != stage:  # the previous stage has finished: prune its ops, build the next
             table = method.next_edge_ops(model, stage, plan[stage])
             stage = stage_of(epoch)
+            previous = SearchParts(model, w_optimizer, architect, scheduler)
             del model, w_optimizer, architect, scheduler
             model, w_optimizer, architect, scheduler = build_stage(stage, table)
+            method.carry_over(stage, previous, SearchParts(model, w_optimizer, architect, scheduler))
+            del previous
             log.info(f"stage {stage + 1} of {len(plan)}: {plan[stage].layers} cells, "
                      f"{_ops_per_edge(model)} candidate ops per edge")
-        if first or epoch == first_epoch[stage]:
-            method.start_stage(stage, plan[stage])
         local = epoch - first_epoch[stage]  # the epoch within its stage
         set_epoch(data.weight_loader, epoch)
         resumed = resume is not None and first and start_step > 0

@@ -23,7 +23,10 @@ seam                               DARTS (this class's defaults)
                                    sampling methods: no architect step, no alphas recorded)
 :meth:`stages`                     the stage plan of a staged search (P-DARTS): one stage of
                                    ``--epochs`` epochs on ``--layers`` cells
-:meth:`start_stage`                per-stage settings (P-DARTS's skip dropout rate): none
+:meth:`start_stage`                per-stage settings (P-DARTS's skip dropout rate), before the
+                                   stage's supernet is built: none
+:meth:`carry_over`                 what a stage's fresh supernet and optimisers take over from the
+                                   finished stage's: nothing (P-DARTS starts each stage afresh)
 :meth:`next_edge_ops`              the next stage's candidate ops per edge from the finished stage's
                                    alphas: each edge's ``Stage.keep`` strongest (softmax) ops
 :meth:`final_genotype`             the genotype the search returns: the last epoch's
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,13 +78,27 @@ class Stage:
     ``keep``: how many candidate ops each edge keeps for the next stage (None: the last stage);
     ``settings``: the method's own per-stage values (P-DARTS's skip dropout rate), handed to
     :meth:`Method.start_stage`. The run loop builds a new supernet, weight optimiser, learning
-    rate schedule and architect at the start of every stage; epochs are numbered globally.
+    rate schedule and architect at the start of every stage, into which :meth:`Method.carry_over`
+    copies what the method carries from the finished stage; epochs are numbered globally.
     """
 
     epochs: int
     layers: int
     keep: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # the period of the stage's cosine learning-rate schedule (None: the stage's epochs); a method
+    # that carries the schedule across stages (:meth:`Method.carry_over`) sets the whole search's
+    cosine_epochs: int | None = None
+
+
+class SearchParts(NamedTuple):
+    """What the run loop builds for a stage: the supernet, its weights' SGD, the architect (whose
+    ``optimizer`` steps the architecture parameters) and the cosine learning-rate schedule."""
+
+    model: nn.Module
+    w_optimizer: torch.optim.Optimizer
+    architect: Any
+    scheduler: Any
 
 
 _SEED_STRIDE = 1_000_003  # a prime: (seed, draw) pairs map to distinct generator seeds
@@ -214,7 +231,15 @@ class Method:
         return [Stage(epochs=self.config.epochs, layers=self.config.layers)]
 
     def start_stage(self, index: int, stage: Stage) -> None:
-        """Called when stage ``index`` (0-based) begins, and again when a run resumes inside it."""
+        """Called when stage ``index`` (0-based) begins, before its supernet is built (so that
+        :meth:`make_edge` may depend on the stage), and again when a run resumes inside it."""
+
+    def carry_over(self, index: int, previous: SearchParts, current: SearchParts) -> None:
+        """Stage ``index`` (1 or later) has just been built as ``current``, with fresh weights,
+        alphas and optimisers, after stage ``index - 1`` finished as ``previous``: copy into
+        ``current`` what the method carries across the transition (default: nothing). Called once
+        per transition, also when a run resumed at the end of a stage makes the transition again;
+        a run resumed inside the stage loads ``current`` from its checkpoint instead."""
 
     def next_edge_ops(self, model: nn.Module, index: int, stage: Stage) -> dict[str, tuple[tuple[str, ...], ...]]:
         """The edge-op table of stage ``index + 1`` from the finished stage ``index``'s supernet:

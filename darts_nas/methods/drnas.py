@@ -15,12 +15,31 @@ What it changes (``../shared/reference/methods.md`` section 3.3, following the a
   Dirichlet mean ``beta / sum(beta)``.
 
 The draws use torch's global generator, whose state every checkpoint holds, so a resumed search
-is bit-identical. The progressive schedule of the paper (partial channels K=6 then 4, the ops
-pruned from 7 to 4 between two stages) is not implemented yet. The run loop's stages
-(:meth:`Method.stages`, as P-DARTS uses them) are its frame; what it still needs is a partial-channel
-DrNAS edge, the carried alphas and Adam state (pruned columns gathered), the op weights and SGD
-momentum widened from C/6 to C/4 channels (the code's net2wider), one cosine schedule over both
-stages, and the architecture steps from epoch 10 of each stage.
+is bit-identical.
+
+**Progressive schedule** (``--drnas-progressive``; the authors' ``DARTS-space/train_search.py``,
+which produced the published CIFAR-10 cell):
+
+* Two stages of ``--epochs`` epochs each (25 + 25 published) on the same ``--layers`` cells. Every
+  edge is a partial-channel edge (PC-DARTS's: the mixed op on the first C/K channels, the rest
+  bypassed, a channel shuffle; no edge normalisation): K = 6 in stage 1, K = 4 in stage 2.
+* After stage 1 each edge keeps its 4 ops of largest alpha (the code's ``num_keeps = [7, 4]``);
+  stage 2's edges hold only those. The kept alphas are carried exactly, and so is their Adam state
+  (moments gathered from the kept columns, the step count): Adam and its weight decay act per
+  entry, so the kept columns evolve as in the code, whose pruned alphas stay in its tensors,
+  masked. A draw ``Dir(beta_kept)`` is what the code's draw of all 7 weights, masked to the kept
+  ones and renormalised, is distributed as (a Dirichlet's subvector renormalised is Dirichlet),
+  so the mixing weights have the code's distribution, though not its random numbers.
+* The learning rate: the code's one ``CosineAnnealingLR`` of period 50 (both stages), whose state
+  is loaded into the schedule of stage 2's fresh SGD. With PyTorch's recursive (chainable) cosine,
+  PyTorch 1.4 and later, that restarts stage 2 at ``--learning-rate`` and takes it down as
+  ``lr_e = lr_min + (lr_{e-1} - lr_min) (1 + cos(pi e / 50)) / (1 + cos(pi (e - 1) / 50))``; darts-nas
+  does the same (carries the schedule's state into the new one, not the old learning rate).
+* Architecture steps from epoch 10 of each stage (``--arch-warmup-epochs 10`` counts per stage).
+* The weights: the stem, the cells' preprocessing, the classifier and their BatchNorm statistics
+  and SGD momentum are carried into stage 2. **Not done**: the code widens every kept op from C/6
+  to C/4 channels by copying randomly chosen channels of its weights, BatchNorm statistics and
+  momentum (``net2wider.py``); here the ops of stage 2 start from fresh weights at C/4 channels.
 """
 
 from __future__ import annotations
@@ -34,9 +53,12 @@ from torch import nn
 from torch.distributions import Dirichlet, kl_divergence
 
 from ..errors import ConfigError
-from .base import METHODS, EdgePlan, Method
+from .pc_darts import PartialChannelEdge
+from .base import METHODS, EdgePlan, Method, SearchParts, Stage
 
 REGULARISERS = ("l2", "kl")
+PROGRESSIVE_K = (6, 4)  # the code's ks: partial channels of stage 1 and stage 2
+PROGRESSIVE_KEEP = 4  # the code's num_keeps[1]: ops per edge in stage 2
 
 
 def concentration(alphas: torch.Tensor) -> torch.Tensor:
@@ -48,12 +70,14 @@ def concentration(alphas: torch.Tensor) -> torch.Tensor:
 class DrNAS(Method):
     name = "drnas"
     title = "DrNAS"
-    settings = ("drnas_regulariser", "drnas_reg_scale")
+    settings = ("drnas_regulariser", "drnas_reg_scale", "drnas_progressive")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.regulariser = "l2" if config is None else config.drnas_regulariser
         self.scale = 1e-3 if config is None else float(config.drnas_reg_scale)
+        self.progressive = config is not None and bool(config.drnas_progressive)
+        self.k = PROGRESSIVE_K[0] if self.progressive else 1  # the partial channels of the stage being built
 
     @classmethod
     def check(cls, config: Any) -> None:
@@ -63,6 +87,56 @@ class DrNAS(Method):
                               f"got {config.drnas_regulariser!r}")
         if config.drnas_reg_scale < 0:
             raise ConfigError(f"--drnas-reg-scale must not be negative, got {config.drnas_reg_scale}")
+        if not config.drnas_progressive:
+            return
+        if config.space != "darts":
+            raise ConfigError(f"--drnas-progressive is the DARTS-space schedule (K 6 then 4): use --space darts, "
+                              f"not {config.space!r}, or drop --drnas-progressive")
+        if config.init_channels % 12:
+            raise ConfigError(f"--drnas-progressive runs partial channels K=6 then K=4, which must divide the "
+                              f"{config.init_channels} channels of --init-channels: choose a multiple of 12 (published: 36)")
+        if len(config.primitives) <= PROGRESSIVE_KEEP:
+            raise ConfigError(f"--drnas-progressive prunes every edge to {PROGRESSIVE_KEEP} ops after stage 1, but --ops "
+                              f"offers {len(config.primitives)}: give more ops (published: the 7 without none)")
+        if config.early_stop:
+            raise ConfigError("--early-stop would stop the progressive DrNAS search inside a stage: drop it")
+
+    # -- the progressive schedule ------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        if not self.progressive:
+            return super().stages()
+        c = self.config
+        total = len(PROGRESSIVE_K) * c.epochs
+        return [Stage(epochs=c.epochs, layers=c.layers, keep=PROGRESSIVE_KEEP if i + 1 < len(PROGRESSIVE_K) else None,
+                      settings={"partial_channels": k}, cosine_epochs=total)
+                for i, k in enumerate(PROGRESSIVE_K)]
+
+    def start_stage(self, index: int, stage: Stage) -> None:
+        if self.progressive:
+            self.k = int(stage.settings["partial_channels"])
+
+    def make_edge(self, C: int, stride: int, primitives, ops=None) -> nn.Module:
+        if not self.progressive:
+            return super().make_edge(C, stride, primitives, ops)
+        if C % self.k:  # checked for --init-channels; the cells have C, 2C, 4C channels
+            raise ConfigError(f"--drnas-progressive: K={self.k} does not divide the {C} channels of a cell: choose "
+                              f"a multiple of 12 for --init-channels")
+        return PartialChannelEdge(C, stride, primitives, self.k, ops)
+
+    def carry_over(self, index: int, previous: SearchParts, current: SearchParts) -> None:
+        if not self.progressive:
+            return
+        carry_kept_alphas(previous, current)
+        carry_unchanged_weights(previous, current)
+        # the code's configure_scheduler: the schedule's state (period, epoch) over the fresh SGD
+        current.scheduler.load_state_dict(previous.scheduler.state_dict())
+
+    def describe(self) -> str:
+        text = super().describe()
+        if self.progressive:
+            text += (f" (two stages: partial channels K={PROGRESSIVE_K[0]} on every op, then the "
+                     f"{PROGRESSIVE_KEEP} strongest per edge at K={PROGRESSIVE_K[1]})")
+        return text
 
     def edge_plan(self, model: nn.Module, cell_type: str) -> EdgePlan:
         beta = concentration(model.arch_group(f"alphas_{cell_type}"))
@@ -87,3 +161,50 @@ class DrNAS(Method):
         return Architect(model, w_optimizer, lr=c.arch_learning_rate, betas=c.arch_betas,
                          weight_decay=self.scale if self.regulariser == "l2" else 0.0, unrolled=c.unrolled,
                          autocast=autocast, regulariser=self.arch_regulariser)
+
+
+def kept_columns(previous: nn.Module, current: nn.Module, cell_type: str) -> torch.Tensor:
+    """(num_edges, kept ops) long: for each edge of ``current``, the column of each of its ops in
+    ``previous``'s alphas (``current``'s ops are a subset of ``previous``'s on every edge)."""
+    old, new = previous.edge_ops[cell_type], current.edge_ops[cell_type]
+    return torch.tensor([[o.index(op) for op in n] for o, n in zip(old, new)], dtype=torch.long)
+
+
+@torch.no_grad()
+def carry_kept_alphas(previous: SearchParts, current: SearchParts) -> None:
+    """The alphas of the kept ops and their Adam state (moments gathered, step count copied) from
+    the finished stage into the next one's fresh alphas and architecture optimiser."""
+    old_opt, new_opt = previous.architect.optimizer, current.architect.optimizer
+    old_groups, new_groups = previous.model.arch_groups(), current.model.arch_groups()
+    for t in current.model.cell_types():
+        name = f"alphas_{t}"
+        old, new = old_groups[name], new_groups[name]
+        index = kept_columns(previous.model, current.model, t).to(old.device)
+        new.copy_(old.gather(1, index))
+        state = old_opt.state.get(old, {})
+        if state:
+            new_opt.state[new] = {k: (v.gather(1, index).clone() if torch.is_tensor(v) and v.shape == old.shape
+                                      else v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
+
+
+@torch.no_grad()
+def carry_unchanged_weights(previous: SearchParts, current: SearchParts) -> None:
+    """Every weight and buffer outside the edges (stem, the cells' preprocessing, classifier) with
+    its SGD momentum: their shapes do not change between the stages. The edges' ops start afresh."""
+    def outside_edges(model: nn.Module):
+        inside = {id(t) for m in model.modules() if isinstance(m, PartialChannelEdge)
+                  for t in [*m.parameters(), *m.buffers()]}
+        arch = {id(a) for a in model.arch_parameters()}
+        return {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]
+                if id(t) not in inside and id(t) not in arch}
+
+    old, new = outside_edges(previous.model), outside_edges(current.model)
+    old_opt, new_opt = previous.w_optimizer, current.w_optimizer
+    for name, t in new.items():
+        source = old.get(name)
+        if source is None or source.shape != t.shape:
+            raise ValueError(f"the stages' supernets differ outside their edges at {name}")
+        t.copy_(source)
+        state = old_opt.state.get(source, {}) if isinstance(source, nn.Parameter) else {}
+        if state:
+            new_opt.state[t] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
