@@ -1121,7 +1121,7 @@ def train_test_data(
         kept = sorted(i for k, part in enumerate(parts) if k != fold for i in part)
         train_set = TransformedSubset(whole, kept, train_transform)
         heldout_set = TransformedSubset(whole, parts[fold], test_transform)
-        if len(parts[fold]) < 1 or len(kept) < batch_size:
+        if len(kept) < batch_size:
             raise DataError(f"{len(kept)} training images in the other folds of {name} cannot fill a batch of "
                             f"{batch_size}: pass a smaller --batch-size or fewer --folds")
     test_set, _ = load_dataset(name, root, "test", download, image_size, test_transform)

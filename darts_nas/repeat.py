@@ -105,12 +105,11 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
     if not parent.is_dir():
         raise RunDirError(f"{parent}: no such directory: give the --out directory of a --seeds or --folds run")
     unit, members = _units(parent)
-    where = Path(parent)
     kind = protocol = None
     finished: dict[int, dict[str, Any]] = {}
     unfinished = []
     for member in members:
-        path = where / f"{unit}-{member}"
+        path = parent / f"{unit}-{member}"
         saved = _read_json(path / "config.json")
         settings = saved.get("config") if isinstance(saved, dict) else None
         if not isinstance(settings, dict):
@@ -129,7 +128,7 @@ def aggregate(parent: str | Path) -> dict[str, Any]:
         elif this_kind != kind or _protocol(settings) != protocol:
             theirs = _protocol(settings)
             diff = sorted(k for k in set(theirs) | set(protocol) if theirs.get(k) != protocol.get(k))
-            raise RunDirError(f"{path} was run with other settings than {where / f'{unit}-{first}'} "
+            raise RunDirError(f"{path} was run with other settings than {parent / f'{unit}-{first}'} "
                               f"({', '.join(diff) or 'the script'} differ): the {unit}s of one aggregate must "
                               f"share their protocol; move it out of {parent}")
         finished[member] = summary
