@@ -104,15 +104,62 @@ def _conv_weight_grad(grad, x, weight, stride, padding, dilation, groups):
         groups, [False, True, False])[1]
 
 
+def _few_pixels_nhwc(x: torch.Tensor) -> bool:
+    """An NHWC tensor of at most 4x4 pixels: there oneDNN's 1x1 convolution costs 2-3x a matrix
+    product over the pixels (its fixed cost per call dominates), so :func:`pointwise_conv` takes
+    the matrix product."""
+    return (x.dim() == 4 and x.shape[-2] * x.shape[-1] <= 16
+            and x.is_contiguous(memory_format=torch.channels_last) and cpu_fast_path(x))
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight)`` for a 1x1 ``weight`` (C_out, C_in, 1, 1), as a matrix product over
+    the pixels where that is faster (:func:`_few_pixels_nhwc`); differentiable, NHWC out."""
+    if not _few_pixels_nhwc(x):
+        return F.conv2d(x, weight)
+    N, C, H, W = x.shape
+    y = x.permute(0, 2, 3, 1).reshape(-1, C) @ weight.reshape(weight.shape[0], C).t()
+    return y.view(N, H, W, -1).permute(0, 3, 1, 2)
+
+
+def _pointwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of :func:`pointwise_conv`."""
+    if not (_few_pixels_nhwc(x) and _few_pixels_nhwc(grad)):
+        return _conv_weight_grad(grad, x, weight, 1, 0, 1, 1)
+    g = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
+    return (g.t() @ x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])).view(weight.shape)
+
+
+def _one_tap(weight: torch.Tensor, stride: int, padding: int) -> bool:
+    """A depthwise 1x1 kernel without padding (what :func:`reached_kernel` leaves of a dilated
+    kernel on the last stage's 2x2 pixels): a per-channel multiply, 10x cheaper than oneDNN's call."""
+    return weight.shape[-2:] == (1, 1) and stride == 1 and padding == 0
+
+
+def _depthwise_forward(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int) -> torch.Tensor:
+    if _one_tap(weight, stride, padding):
+        return x * weight.view(1, -1, 1, 1)
+    return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+
+
 def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
     """Weight gradient of a stride-1, undilated depthwise convolution with 'same' padding
-    (``padding = (k - 1) / 2``). Where the kernel is larger than the image (the 5x5 kernels on the
-    4x4 pixel phases of the last stage), oneDNN's kernel is 3-7x slower than one multiply-and-sum
-    per tap over the pixels that tap reaches; elsewhere it is the faster one."""
+    (``padding = (k - 1) / 2``). Where the kernel is larger than the image and the batch times the
+    channels is large (the 5x5 kernels on the 4x4 pixel phases of the paper's last stage: 256 x 64),
+    oneDNN's kernel is slower than one multiply-and-sum per tap over the pixels that tap reaches
+    (1.6x on one core, equal on two); with fewer channels (the quick start's 64 x 16-32 of 2x2 and
+    4x4 pixels) oneDNN is 1.1-3.7x faster (measured in NHWC, session 9)."""
     k = weight.shape[-1]
     H, W = x.shape[-2:]
-    if not (k > H or k > W) or grad.shape[-2:] != x.shape[-2:] or padding != (k - 1) // 2:
+    if not (k > H or k > W) or grad.shape[-2:] != x.shape[-2:] or padding != (k - 1) // 2 \
+            or x.shape[0] * x.shape[1] < 16384:
         return _conv_weight_grad(grad, x, weight, 1, padding, 1, x.shape[1])
+    return _per_tap_weight_grad(grad, x, k, padding)
+
+
+def _per_tap_weight_grad(grad: torch.Tensor, x: torch.Tensor, k: int, padding: int) -> torch.Tensor:
+    """:func:`_depthwise_weight_grad` as one multiply-and-sum per tap over the pixels it reaches."""
+    H, W = x.shape[-2:]
     grad_w = x.new_zeros(x.shape[1], k, k)
     for i in range(k):
         di = i - padding  # row offset of this tap: output row h reads input row h + di
@@ -149,6 +196,12 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor | None, weight: torch
     """
     C = input_shape[1]
     grad_x = grad_w = None
+    if _one_tap(weight, stride, padding):
+        if need_input:
+            grad_x = grad * weight.view(1, -1, 1, 1)
+        if need_weight:
+            grad_w = (grad * x).sum((0, 2, 3)).view(weight.shape)
+        return grad_x, grad_w
     without_input = _input_grad_without_input(grad, weight, stride, padding, dilation)
     if stride == 2 and without_input:  # dilation 2: an undilated convolution of the even pixels
         if need_input:
@@ -196,13 +249,46 @@ class _DilatedDepthwise(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+def unreached_taps(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    """How many taps at each end of a k-tap kernel row never meet a pixel of an image side of
+    ``size`` (they only ever multiply the zero padding), for a convolution with these settings.
+    Symmetric: the smaller of the two ends."""
+    out = (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    first = min((t for t in range(k) if any(0 <= stride * i - padding + t * dilation < size for i in range(out))),
+                default=k)
+    last = max((t for t in range(k) if any(0 <= stride * i - padding + t * dilation < size for i in range(out))),
+               default=-1)
+    return max(0, min(first, k - 1 - last))
+
+
+def reached_kernel(x_shape: torch.Size, weight: torch.Tensor, stride: int, padding: int,
+                   dilation: int) -> tuple[torch.Tensor, int, int]:
+    """``(weight', padding', dilation')`` computing the same convolution with the taps that never
+    meet a pixel cut off: on the small images of a quick search (a 5x5 kernel, dilation 2, on the
+    2x2 pixels of the last stage reaches only padding but its centre) oneDNN's depthwise kernel is
+    up to 35x slower with the full kernel than with the taps that matter. Slicing is differentiable,
+    so the cut taps get a zero gradient. The same weight, padding and dilation where all taps
+    matter (any image of 5 pixels or more)."""
+    k = weight.shape[-1]
+    if weight.shape[-2] != k:
+        return weight, padding, dilation
+    c = min(unreached_taps(x_shape[-2], k, stride, padding, dilation),
+            unreached_taps(x_shape[-1], k, stride, padding, dilation))
+    if c == 0:
+        return weight, padding, dilation
+    weight = weight[:, :, c:k - c, c:k - c]
+    return weight, padding - c * dilation, dilation if weight.shape[-1] > 1 else 1
+
+
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=C)`` for a
-    depthwise ``weight`` (C, 1, k, k); on the CPU, dilation 2 with 'same' padding (the dil_conv
+    depthwise ``weight`` (C, 1, k, k), without the taps that only meet padding
+    (:func:`reached_kernel`); on the CPU, dilation 2 with 'same' padding (the dil_conv
     ops) gets the fast backward of :func:`depthwise_backward`."""
+    weight, padding, dilation = reached_kernel(x.shape, weight, stride, padding, dilation)
     if stride in (1, 2) and _dilated_fast(x, weight, padding, dilation):
         return _DilatedDepthwise.apply(x, weight, stride, padding)
-    return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+    return _depthwise_forward(x, weight, stride, padding, dilation)
 
 
 # -- BatchNorm without affine parameters, from its output --------------------------------------
@@ -296,8 +382,8 @@ class _LeanConvBN(torch.autograd.Function):
         # dw: (stride, padding, dilation) of the depthwise conv, or None for relu -> 1x1 -> BN
         h = relu_x if relu_x is not None else F.relu(x)
         if dw is not None:
-            h = F.conv2d(h, dw_weight, None, dw[0], dw[1], dw[2], h.shape[1])
-        y, invstd = _batch_norm_forward(bn, F.conv2d(h, pw_weight))
+            h = _depthwise_forward(h, dw_weight, *dw)
+        y, invstd = _batch_norm_forward(bn, pointwise_conv(h, pw_weight))
         ctx.dw, ctx.eps = dw, bn.eps
         ctx.tensor_args = (True, relu_x is not None, True, True, False, False, scale is not None)
         ctx.save_for_backward(x, dw_weight, pw_weight, y, invstd, scale)
@@ -317,7 +403,7 @@ class _LeanConvBN(torch.autograd.Function):
                 h = start if given_relu else F.relu(start)
                 if dw is not None:
                     h = depthwise_conv2d(h, dw_weight, *dw)
-                return _scaled(F.batch_norm(F.conv2d(h, pw_weight), None, None, training=True, eps=ctx.eps), scale)
+                return _scaled(F.batch_norm(pointwise_conv(h, pw_weight), None, None, training=True, eps=ctx.eps), scale)
             return tuple(_regrad(ctx, forward, grad_y,
                                  {(1 if given_relu else 0): start, 2: dw_weight, 3: pw_weight, 6: scale}))
         need_x = _needed(ctx, 1 if given_relu else 0)
@@ -332,12 +418,12 @@ class _LeanConvBN(torch.autograd.Function):
         if need_pw or need_dw or (need_x and not input_free):
             relu_x = F.relu(x)
         if need_pw:
-            h = F.conv2d(relu_x, dw_weight, None, dw[0], dw[1], dw[2], x.shape[1]) if dw is not None else relu_x
+            h = _depthwise_forward(relu_x, dw_weight, *dw) if dw is not None else relu_x
         grad_h = grad_pw = grad_dw = grad_x = None
         if need_x or need_dw:
-            grad_h = F.conv2d(grad_z, pw_weight.transpose(0, 1))  # input gradient of the 1x1 conv
+            grad_h = pointwise_conv(grad_z, pw_weight.transpose(0, 1))  # input gradient of the 1x1 conv
         if need_pw:
-            grad_pw = _conv_weight_grad(grad_z, h, pw_weight, 1, 0, 1, 1)
+            grad_pw = _pointwise_weight_grad(grad_z, h, pw_weight)
         if grad_h is not None:
             if dw is None:
                 grad_relu = grad_h
@@ -362,8 +448,9 @@ def lean_conv_bn(x: torch.Tensor, relu_x: torch.Tensor | None, dw_conv: nn.Conv2
     dw = None
     dw_weight = pw_conv.weight.new_empty(0)
     if dw_conv is not None:
-        dw = (dw_conv.stride[0], dw_conv.padding[0], dw_conv.dilation[0])
-        dw_weight = dw_conv.weight
+        dw_weight, padding, dilation = reached_kernel(x.shape, dw_conv.weight, dw_conv.stride[0],
+                                                      dw_conv.padding[0], dw_conv.dilation[0])
+        dw = (dw_conv.stride[0], padding, dilation)
     return _LeanConvBN.apply(x, relu_x, dw_weight, pw_conv.weight, bn, dw, scale)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import _format_of, depthwise_conv2d, every_other_pixel_grad, lean_conv_bn, lean_pool_bn
+from .kernels import _format_of, depthwise_conv2d, every_other_pixel_grad, lean_conv_bn, lean_pool_bn, pointwise_conv
 from .registry import Registry
 
 OPS: Registry = Registry("op")
@@ -60,6 +60,23 @@ class DepthwiseConv2d(nn.Conv2d):
         return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0], self.dilation[0])
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` (stride 1, no bias) that runs :func:`~darts_nas.kernels.pointwise_conv`
+    (a matrix product on small NHWC images), as the lean blocks do, so both give the same numbers."""
+
+    def __init__(self, C_in: int, C_out: int) -> None:
+        super().__init__(C_in, C_out, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise_conv(x, self.weight)
+
+
+def _pointwise(conv: nn.Module) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped convolution without bias (the lean blocks' 1x1 conv)."""
+    return (type(conv) in (nn.Conv2d, PointwiseConv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None)
+
+
 def _plain_bn(module: nn.Module) -> bool:
     """A BatchNorm the lean blocks of darts_nas.kernels reproduce: 2-d, without affine parameters."""
     return type(module) is nn.BatchNorm2d and not module.affine
@@ -71,17 +88,16 @@ class ReLUConvBN(_ReLUFirst):
     def __init__(self, C_in: int, C_out: int, kernel_size, stride, padding, affine: bool = True) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            (PointwiseConv2d(C_in, C_out) if kernel_size in (1, (1, 1)) and stride in (1, (1, 1)) and padding in (0, (0, 0))
+             else nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
     def forward_lean(self, x: torch.Tensor) -> torch.Tensor:
         """``self(x)``; with a 1x1 conv and non-affine BN, through the lean block of
         :mod:`darts_nas.kernels` (for passes where :func:`~darts_nas.kernels.lean_applies`)."""
-        conv = self[1]
-        if (_plain_bn(self[2]) and type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-                and conv.padding == (0, 0) and conv.groups == 1):
-            return lean_conv_bn(x, None, None, conv, self[2])
+        if _plain_bn(self[2]) and _pointwise(self[1]):
+            return lean_conv_bn(x, None, None, self[1], self[2])
         return self(x)
 
 
@@ -93,7 +109,7 @@ class DilConv(_ReLUFirst):
         super().__init__(
             nn.ReLU(inplace=False),
             DepthwiseConv2d(C_in, kernel_size, stride, padding, dilation),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            PointwiseConv2d(C_in, C_out),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -102,7 +118,7 @@ class DilConv(_ReLUFirst):
         """``self(x)`` (times ``scale`` when given) through the lean block of
         :mod:`darts_nas.kernels` (non-affine BN only); ``relu_x`` is
         :func:`~darts_nas.kernels.shared_relu` of ``x`` when the edge already computed it."""
-        if not (_plain_bn(self[3]) and isinstance(self[1], DepthwiseConv2d) and type(self[2]) is nn.Conv2d):
+        if not (_plain_bn(self[3]) and isinstance(self[1], DepthwiseConv2d) and _pointwise(self[2])):
             return self(x) if scale is None else scale * self(x)
         return lean_conv_bn(x, relu_x, self[1], self[2], self[3], scale)
 

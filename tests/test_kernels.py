@@ -81,7 +81,50 @@ def test_depthwise_weight_grad_where_the_kernel_is_larger_than_the_image(memory_
     g = torch.randn(3, 4, H, W, dtype=torch.float64).contiguous(memory_format=memory_format)
     w = torch.randn(4, 1, k, k, dtype=torch.float64)
     expected = kernels._conv_weight_grad(g, x, w, 1, k // 2, 1, 4)
+    torch.testing.assert_close(kernels._per_tap_weight_grad(g, x, k, k // 2), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(kernels._depthwise_weight_grad(g, x, w, k // 2), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2), (5, 1, 2),
+                                               (3, 2, 2), (5, 2, 2)])
+def test_cut_taps_only_ever_meet_padding(size, k, stride, dilation):
+    # the cut kernel gives the full kernel's output and weight gradient (zero at the cut taps,
+    # which only ever multiply padding), to the second derivative
+    torch.manual_seed(0)
+    padding = dilation * (k - 1) // 2
+    x = torch.randn(2, 3, size, size + 1, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, k, k, dtype=torch.float64, requires_grad=True)
+    cut, cut_padding, cut_dilation = kernels.reached_kernel(x.shape, w, stride, padding, dilation)
+    c = (k - cut.shape[-1]) // 2
+    # brute force: a tap is cut only if no output pixel reads an image pixel through it
+    def reached(n):
+        out = (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+        return {t for t in range(k) for i in range(out) if 0 <= stride * i - padding + t * dilation < n}
+    taps = reached(size) | reached(size + 1)  # rows and columns
+    assert c == min(min(taps), k - 1 - max(taps))  # the largest cut that keeps the kernel centred
+    ref = F.conv2d(x, w, None, stride, padding, dilation, 3)
+    out = depthwise_conv2d(x, w, stride, padding, dilation)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, [x, w], g, create_graph=True)
+    grads = torch.autograd.grad(out, [x, w], g, create_graph=True)
+    _close(grads, grads_ref, 1e-10)
+    v = [torch.randn_like(t) for t in grads]
+    _close(torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads, v)), [x, w], allow_unused=True),
+           torch.autograd.grad(sum((t * u).sum() for t, u in zip(grads_ref, v)), [x, w], allow_unused=True), 1e-10)
+    if size >= 5:
+        assert c == 0 and cut is w and (cut_padding, cut_dilation) == (padding, dilation)
+
+
+def test_cut_kernels_on_the_quick_starts_last_stage():
+    w = torch.zeros(8, 1, 5, 5)
+    # dil_conv_5x5 on 2x2 pixels reads only its centre tap; sep_conv_5x5 its central 3x3
+    assert kernels.reached_kernel((64, 8, 2, 2), w, 1, 4, 2)[0].shape[-2:] == (1, 1)
+    assert kernels.reached_kernel((64, 8, 2, 2), w, 1, 4, 2)[1:] == (0, 1)
+    assert kernels.reached_kernel((64, 8, 2, 2), w, 1, 2, 1)[0].shape[-2:] == (3, 3)
+    assert kernels.reached_kernel((64, 8, 4, 4), w, 1, 4, 2)[1:] == (2, 2)
+    assert kernels.reached_kernel((64, 8, 8, 8), w, 1, 4, 2)[0] is w
 
 
 def test_dil_conv_modules_keep_their_parameter_names_and_count():
@@ -99,8 +142,10 @@ def _lean_cases():
         for stride in (1, 2):
             if name == "preprocess" and stride == 2:
                 continue
+            # at 4 and 2 pixels the kernels lose the taps that only meet padding (reached_kernel)
             for size, memory_format in ((8, torch.contiguous_format), (8, torch.channels_last),
-                                        (7, torch.contiguous_format), (4, torch.channels_last)):
+                                        (7, torch.contiguous_format), (4, torch.channels_last),
+                                        (2, torch.channels_last), (3, torch.contiguous_format)):
                 yield name, stride, size, memory_format, False
                 if name != "preprocess":  # times the op's alpha, as in the MixedOp
                     yield name, stride, size, memory_format, True
