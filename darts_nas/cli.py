@@ -143,7 +143,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "between them, skip dropout, at most 2 skips in the normal cell)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts, robust-darts, random-ws, pdarts; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, drnas-nb201, fair-darts, robust-darts, random-ws, pdarts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
