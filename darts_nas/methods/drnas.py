@@ -18,28 +18,34 @@ The draws use torch's global generator, whose state every checkpoint holds, so a
 is bit-identical.
 
 **Progressive schedule** (``--drnas-progressive``; the authors' ``DARTS-space/train_search.py``,
-which produced the published CIFAR-10 cell):
+which produced the published CIFAR-10 cell, and ``201-space/train_search_progressive.py``):
 
-* Two stages of ``--epochs`` epochs each (25 + 25 published) on the same ``--layers`` cells. Every
-  edge is a partial-channel edge (PC-DARTS's: the mixed op on the first C/K channels, the rest
-  bypassed, a channel shuffle; no edge normalisation): K = 6 in stage 1, K = 4 in stage 2.
-* After stage 1 each edge keeps its 4 ops of largest alpha (the code's ``num_keeps = [7, 4]``);
-  stage 2's edges hold only those. The kept alphas are carried exactly, and so is their Adam state
-  (moments gathered from the kept columns, the step count): Adam and its weight decay act per
-  entry, so the kept columns evolve as in the code, whose pruned alphas stay in its tensors,
-  masked. A draw ``Dir(beta_kept)`` is what the code's draw of all 7 weights, masked to the kept
-  ones and renormalised, is distributed as (a Dirichlet's subvector renormalised is Dirichlet),
-  so the mixing weights have the code's distribution, though not its random numbers.
-* The learning rate: the code's one ``CosineAnnealingLR`` of period 50 (both stages), whose state
-  is loaded into the schedule of stage 2's fresh SGD. With PyTorch's recursive (chainable) cosine,
-  PyTorch 1.4 and later, that restarts stage 2 at ``--learning-rate`` and takes it down as
-  ``lr_e = lr_min + (lr_{e-1} - lr_min) (1 + cos(pi e / 50)) / (1 + cos(pi (e - 1) / 50))``; darts-nas
-  does the same (carries the schedule's state into the new one, not the old learning rate).
+* Two stages of ``--epochs`` epochs each (DARTS space: 25 + 25 published; NAS-Bench-201: 50 + 50)
+  on the same ``--layers`` cells. Every edge is a partial-channel edge (PC-DARTS's: the mixed op
+  on the first C/K channels, the rest bypassed, a channel shuffle; no edge normalisation). The
+  plan is the space's (:data:`PROGRESSIONS`): DARTS space K = 6 then 4, each edge keeping its 4
+  ops of largest alpha (the code's ``num_keeps = [7, 4]``); NAS-Bench-201 K = 4 then 2, keeping 3
+  of the 5 ops (``num_keeps = [5, 3]``, ``none`` included in the ranking as in the code).
+* The kept alphas are carried exactly, and so is their Adam state (moments gathered from the kept
+  columns, the step count): Adam and its weight decay act per entry, so the kept columns evolve
+  as in the code, whose pruned alphas stay in its tensors, masked. A draw ``Dir(beta_kept)`` is
+  what the code's draw of all the weights, masked to the kept ones and renormalised, is
+  distributed as (a Dirichlet's subvector renormalised is Dirichlet), so the mixing weights have
+  the code's distribution, though not its random numbers.
+* The learning rate: the code's one ``CosineAnnealingLR`` of period 2 x ``--epochs`` (both
+  stages), whose state is loaded into the schedule of stage 2's fresh SGD. With PyTorch's
+  recursive (chainable) cosine, PyTorch 1.4 and later, that restarts stage 2 at
+  ``--learning-rate`` and takes it down as ``lr_e = lr_min + (lr_{e-1} - lr_min) (1 + cos(pi e / T))
+  / (1 + cos(pi (e - 1) / T))``; darts-nas does the same (carries the schedule's state into the new
+  one, not the old learning rate).
 * Architecture steps from epoch 10 of each stage (``--arch-warmup-epochs 10`` counts per stage).
-* The weights: the stem, the cells' preprocessing, the classifier and their BatchNorm statistics
-  and SGD momentum are carried into stage 2. **Not done**: the code widens every kept op from C/6
-  to C/4 channels by copying randomly chosen channels of its weights, BatchNorm statistics and
-  momentum (``net2wider.py``); here the ops of stage 2 start from fresh weights at C/4 channels.
+* The weights: the stem, the cells' preprocessing (NAS-Bench-201: the residual reduction blocks),
+  the classifier and their BatchNorm statistics and SGD momentum are carried into stage 2; each
+  kept op is its stage-1 op widened from C/K1 to C/K2 channels by the code's ``net2wider``
+  (:mod:`darts_nas.methods.net2wider`: channels copied along random maps, with their BatchNorm
+  statistics and momentum), the maps drawn from :func:`~darts_nas.methods.base.draw_generator` of
+  the seed and the stage, so that a run resumed at the transition widens identically.
+  ``--drnas-widen fresh`` starts stage 2's ops from fresh weights instead.
 """
 
 from __future__ import annotations
