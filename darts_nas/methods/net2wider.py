@@ -59,15 +59,17 @@ def channel_map(old: int, new: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.arange(old), drawn])
 
 
-def _is_depthwise(conv: nn.Conv2d) -> bool:
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+def _is_depthwise(narrow: nn.Conv2d, wide: nn.Conv2d) -> bool:
+    """One filter per channel (groups = channels), judged on the wide conv too: a narrow depthwise
+    conv of one channel has groups 1."""
+    return any(c.groups > 1 and c.groups == c.in_channels == c.out_channels for c in (narrow, wide))
 
 
 def _conv_maps(prefix: str, narrow: nn.Conv2d, wide: nn.Conv2d, in_map: torch.Tensor | None,
                generator: torch.Generator, maps: Maps) -> torch.Tensor:
     """The maps of one conv's weight (and bias); returns its output map."""
     out_map = channel_map(narrow.out_channels, wide.out_channels, generator)
-    if _is_depthwise(narrow):
+    if _is_depthwise(narrow, wide):
         in_map = None  # (C, 1, k, k): one input channel per filter
     elif in_map is None:
         in_map = channel_map(narrow.in_channels, wide.in_channels, generator)
@@ -158,7 +160,8 @@ def widen_optimizer_state(narrow: nn.Module, wide: nn.Module, maps: Maps, old: t
     ``maps``, as the state of ``wide``'s parameters in ``new``."""
     targets = dict(wide.named_parameters())
     for name, p in narrow.named_parameters():
-        state = old.state.get(p, {})
-        if state:
-            new.state[targets[name]] = {k: widened(v, maps[name]).clone() if torch.is_tensor(v) and v.shape == p.shape
-                                        else v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        state, target = old.state.get(p, {}), targets[name]
+        if state:  # laid out like the wide weight (channels_last or not), as SGD would make it
+            new.state[target] = {k: torch.empty_like(target).copy_(widened(v, maps[name]))
+                                 if torch.is_tensor(v) and v.shape == p.shape
+                                 else v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
