@@ -200,11 +200,14 @@ def isomorphism_key(arch: "ArchGenotype | str") -> str:
 def derive_arch(alphas: Any, primitives: Sequence[str] = NB201_PRIMITIVES) -> ArchGenotype:
     """The benchmark's derivation: each edge keeps its strongest op, ``none`` included.
     ``alphas``: (6, num_ops) logits (or softmaxed weights; a nested list or a tensor). Ties go to
-    the first column, as ``argmax`` does."""
+    the first column, as ``argmax`` does. ``primitives``: the ops of the columns, or one op list
+    per edge (a pruned stage whose edges offer different ops)."""
     rows = alphas.tolist() if hasattr(alphas, "tolist") else alphas
-    if len(rows) != len(EDGES) or any(len(r) != len(primitives) for r in rows):
-        raise GenotypeError(f"NAS-Bench-201 alphas have shape ({len(EDGES)}, {len(primitives)})")
-    return ArchGenotype(tuple(primitives[max(range(len(r)), key=lambda c: (r[c], -c))] for r in rows))
+    per_edge = len(primitives) > 0 and not isinstance(primitives[0], str)
+    ops = list(primitives) if per_edge else [primitives] * len(EDGES)
+    if len(rows) != len(EDGES) or len(ops) != len(EDGES) or any(len(r) != len(o) for r, o in zip(rows, ops)):
+        raise GenotypeError(f"NAS-Bench-201 alphas have shape ({len(EDGES)}, {len(ops[0]) if ops else 0})")
+    return ArchGenotype(tuple(o[max(range(len(r)), key=lambda c: (r[c], -c))] for r, o in zip(rows, ops)))
 
 
 def resolve_arch(spec: str | os.PathLike) -> ArchGenotype:

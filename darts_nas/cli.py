@@ -143,7 +143,7 @@ def build_search_parser() -> argparse.ArgumentParser:
                         "between them, skip dropout, at most 2 skips in the normal cell)")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a method's published search protocol (darts-1st, darts-2nd, pc-darts, gdas, darts-minus, "
-                        "beta-darts, sdarts-rs, sdarts-adv, drnas, fair-darts, robust-darts, random-ws, pdarts; "
+                        "beta-darts, sdarts-rs, sdarts-adv, drnas, drnas-nb201, fair-darts, robust-darts, random-ws, pdarts; "
                         "--preset list describes them); flags given on the command line win over it")
     g.add_argument("--epochs", type=int, default=d.epochs, help="search epochs")
     g.add_argument(*_flag("--batch-size", "--batch_size"), type=int, default=d.batch_size,
@@ -196,8 +196,11 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument("--drnas-reg-scale", type=float, default=d.drnas_reg_scale, help="drnas: the regulariser's scale")
     g.add_argument("--drnas-progressive", action="store_true", default=d.drnas_progressive,
                    help="drnas: the published progressive schedule: two stages of --epochs each, partial channels "
-                        "K=6 on every op, then the 4 ops of largest alpha per edge at K=4 (alphas and their Adam "
-                        "state carried; the ops' weights start afresh: no net2wider); --init-channels a multiple of 12")
+                        "K=6 on every op, then the 4 ops of largest alpha per edge at K=4 (nas-bench-201: K=4, then "
+                        "3 ops at K=2); alphas and their Adam state carried; --init-channels a multiple of 12 (4)")
+    g.add_argument("--drnas-widen", default=d.drnas_widen, choices=["net2wider", "fresh"],
+                   help="drnas --drnas-progressive: stage 2's kept ops start from their stage-1 weights widened by "
+                        "copying random channels (net2wider, the authors' code) or from fresh weights")
     g.add_argument("--pdarts-add-layers", type=_int_list, default=d.pdarts_add_layers, metavar="A,B,C",
                    help="pdarts: cells added to --layers in each stage, one value per stage (default "
                         + ",".join(map(str, d.pdarts_add_layers)) + "); --epochs is the epochs of each stage")
@@ -348,7 +351,8 @@ def search_config_from_args(args: argparse.Namespace, given: set[str] | None = N
         skip_beta_schedule=args.skip_beta_schedule, beta_decay_scale=args.beta_decay_scale,
         sdarts_epsilon_min=args.sdarts_epsilon_min, sdarts_epsilon_max=args.sdarts_epsilon_max,
         sdarts_attack_steps=args.sdarts_attack_steps, drnas_regulariser=args.drnas_regulariser,
-        drnas_reg_scale=args.drnas_reg_scale, drnas_progressive=args.drnas_progressive, pdarts_add_layers=args.pdarts_add_layers,
+        drnas_reg_scale=args.drnas_reg_scale, drnas_progressive=args.drnas_progressive,
+        drnas_widen=args.drnas_widen, pdarts_add_layers=args.pdarts_add_layers,
         pdarts_keep=args.pdarts_keep, pdarts_skip_dropout=args.pdarts_skip_dropout,
         pdarts_max_skips=args.pdarts_max_skips, zero_one_weight=args.zero_one_weight,
         zero_one_loss=args.zero_one_loss, fair_threshold=args.fair_threshold, hessian_every=args.hessian_every,

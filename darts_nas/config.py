@@ -175,7 +175,8 @@ class SearchConfig(_Settings):
     sdarts_attack_steps: int = 7  # SDARTS-ADV: PGD steps
     drnas_regulariser: str = "l2"  # DrNAS: l2 (Adam weight decay on the alphas) or kl
     drnas_reg_scale: float = 1e-3  # DrNAS: the regulariser's scale
-    drnas_progressive: bool = False  # DrNAS: two stages (K=6, all ops; K=4, 4 ops per edge) of --epochs each
+    drnas_progressive: bool = False  # DrNAS: two stages (DARTS: K=6, all ops; K=4, 4 ops per edge) of --epochs each
+    drnas_widen: str = "net2wider"  # DrNAS progressive: stage 2's ops widened from stage 1's (net2wider) or fresh
     pdarts_add_layers: tuple[int, ...] = (0, 6, 12)  # P-DARTS: cells added to --layers in each stage ...
     pdarts_keep: tuple[int, ...] = (5, 3, 1)  # ... ops per edge kept after each stage ...
     pdarts_skip_dropout: tuple[float, ...] = (0.1, 0.4, 0.7)  # ... dropout rate on skip connections
@@ -382,6 +383,9 @@ ADDED_SEARCH_SETTINGS: dict[str, Any] = {
     "sample_size": 3,
     "pdarts_add_layers": [0, 6, 12], "pdarts_keep": [5, 3, 1], "pdarts_skip_dropout": [0.1, 0.4, 0.7],
     "pdarts_max_skips": 2, "drnas_progressive": False,
+    # (runs before it had fresh stage-2 ops; only a progressive run resumed exactly at its stage
+    # transition would see the difference, and "fresh" here would refuse every older run's resume)
+    "drnas_widen": "net2wider",
 }
 
 

@@ -19,9 +19,9 @@ trains a fresh supernet of its own depth on the candidate ops per edge that the 
 the previous stage's alphas (:meth:`Method.next_edge_ops`), with a fresh weight optimiser, cosine
 schedule over the stage's epochs (or :attr:`Stage.cosine_epochs`) and architect, into which the
 method copies what it carries across the transition (:meth:`Method.carry_over`; DrNAS's progressive
-schedule: the kept alphas, their Adam state, the schedule). Epochs are numbered globally (1 .. the sum of the
-stages' epochs) in every record, on the board and in the checkpoints; metrics.jsonl and
-history.jsonl also carry ``"stage"`` (1-based). The checkpoint records the stage and its edge-op
+schedule: the kept alphas, their Adam state, the kept ops widened, the schedule). Epochs are
+numbered globally (1 .. the sum of the stages' epochs) in every record, on the board and in the
+checkpoints; metrics.jsonl and history.jsonl also carry ``"stage"`` (1-based). The checkpoint records the stage and its edge-op
 table, so that a resumed run rebuilds the stage's supernet before loading it; a run checkpointed
 at the end of a stage makes the transition again on resuming, from the same alphas and the same
 random state.

@@ -55,6 +55,7 @@ class MixedOp(nn.Module):
         self.stride = stride
         self.ops = nn.ModuleList()
         self.op_index: list[int] = []  # column of alpha for each built op
+        self.op_names: list[str] = []  # and its name
         for k, name in enumerate(primitives):
             if name == "none":
                 continue
@@ -63,6 +64,7 @@ class MixedOp(nn.Module):
                 op = PoolBN(op, C)
             self.ops.append(op)
             self.op_index.append(k)
+            self.op_names.append(name)
         self.shares_relu = [hasattr(op, "after_relu") for op in self.ops]
         self.has_lean = [hasattr(op, "forward_lean") for op in self.ops]
 

@@ -243,8 +243,8 @@ def test_gdas_refuses_bad_settings(settings, message):
 # ---------------------------------------------------------------------------------------------
 
 def test_presets_hold_the_published_protocols():
-    assert list_presets() == ["beta-darts", "darts-1st", "darts-2nd", "darts-minus", "drnas", "fair-darts", "gdas",
-                              "pc-darts", "pdarts", "random-ws", "robust-darts", "sdarts-adv", "sdarts-rs"]
+    assert list_presets() == ["beta-darts", "darts-1st", "darts-2nd", "darts-minus", "drnas", "drnas-nb201",
+                              "fair-darts", "gdas", "pc-darts", "pdarts", "random-ws", "robust-darts", "sdarts-adv", "sdarts-rs"]
     pc = load_preset("PC_DARTS")["settings"]
     assert (pc["batch_size"], pc["learning_rate"], pc["arch_learning_rate"], pc["arch_warmup_epochs"]) == (
         256, 0.1, 6e-4, 15)

@@ -18,34 +18,41 @@ The draws use torch's global generator, whose state every checkpoint holds, so a
 is bit-identical.
 
 **Progressive schedule** (``--drnas-progressive``; the authors' ``DARTS-space/train_search.py``,
-which produced the published CIFAR-10 cell):
+which produced the published CIFAR-10 cell, and ``201-space/train_search_progressive.py``):
 
-* Two stages of ``--epochs`` epochs each (25 + 25 published) on the same ``--layers`` cells. Every
-  edge is a partial-channel edge (PC-DARTS's: the mixed op on the first C/K channels, the rest
-  bypassed, a channel shuffle; no edge normalisation): K = 6 in stage 1, K = 4 in stage 2.
-* After stage 1 each edge keeps its 4 ops of largest alpha (the code's ``num_keeps = [7, 4]``);
-  stage 2's edges hold only those. The kept alphas are carried exactly, and so is their Adam state
-  (moments gathered from the kept columns, the step count): Adam and its weight decay act per
-  entry, so the kept columns evolve as in the code, whose pruned alphas stay in its tensors,
-  masked. A draw ``Dir(beta_kept)`` is what the code's draw of all 7 weights, masked to the kept
-  ones and renormalised, is distributed as (a Dirichlet's subvector renormalised is Dirichlet),
-  so the mixing weights have the code's distribution, though not its random numbers.
-* The learning rate: the code's one ``CosineAnnealingLR`` of period 50 (both stages), whose state
-  is loaded into the schedule of stage 2's fresh SGD. With PyTorch's recursive (chainable) cosine,
-  PyTorch 1.4 and later, that restarts stage 2 at ``--learning-rate`` and takes it down as
-  ``lr_e = lr_min + (lr_{e-1} - lr_min) (1 + cos(pi e / 50)) / (1 + cos(pi (e - 1) / 50))``; darts-nas
-  does the same (carries the schedule's state into the new one, not the old learning rate).
+* Two stages of ``--epochs`` epochs each (DARTS space: 25 + 25 published; NAS-Bench-201: 50 + 50)
+  on the same ``--layers`` cells. Every edge is a partial-channel edge (PC-DARTS's: the mixed op
+  on the first C/K channels, the rest bypassed, a channel shuffle; no edge normalisation). The
+  plan is the space's (:data:`PROGRESSIONS`): DARTS space K = 6 then 4, each edge keeping its 4
+  ops of largest alpha (the code's ``num_keeps = [7, 4]``); NAS-Bench-201 K = 4 then 2, keeping 3
+  of the 5 ops (``num_keeps = [5, 3]``, ``none`` included in the ranking as in the code).
+* The kept alphas are carried exactly, and so is their Adam state (moments gathered from the kept
+  columns, the step count): Adam and its weight decay act per entry, so the kept columns evolve
+  as in the code, whose pruned alphas stay in its tensors, masked. A draw ``Dir(beta_kept)`` is
+  what the code's draw of all the weights, masked to the kept ones and renormalised, is
+  distributed as (a Dirichlet's subvector renormalised is Dirichlet), so the mixing weights have
+  the code's distribution, though not its random numbers.
+* The learning rate: the code's one ``CosineAnnealingLR`` of period 2 x ``--epochs`` (both
+  stages), whose state is loaded into the schedule of stage 2's fresh SGD. With PyTorch's
+  recursive (chainable) cosine, PyTorch 1.4 and later, that restarts stage 2 at
+  ``--learning-rate`` and takes it down as ``lr_e = lr_min + (lr_{e-1} - lr_min) (1 + cos(pi e / T))
+  / (1 + cos(pi (e - 1) / T))``; darts-nas does the same (carries the schedule's state into the new
+  one, not the old learning rate).
 * Architecture steps from epoch 10 of each stage (``--arch-warmup-epochs 10`` counts per stage).
-* The weights: the stem, the cells' preprocessing, the classifier and their BatchNorm statistics
-  and SGD momentum are carried into stage 2. **Not done**: the code widens every kept op from C/6
-  to C/4 channels by copying randomly chosen channels of its weights, BatchNorm statistics and
-  momentum (``net2wider.py``); here the ops of stage 2 start from fresh weights at C/4 channels.
+* The weights: the stem, the cells' preprocessing (NAS-Bench-201: the residual reduction blocks),
+  the classifier and their BatchNorm statistics and SGD momentum are carried into stage 2; each
+  kept op is its stage-1 op widened from C/K1 to C/K2 channels by the code's ``net2wider``
+  (:mod:`darts_nas.methods.net2wider`: channels copied along random maps, with their BatchNorm
+  statistics and momentum), the maps drawn from :func:`~darts_nas.methods.base.draw_generator` of
+  the seed and the stage, so that a run resumed at the transition widens identically.
+  ``--drnas-widen fresh`` starts stage 2's ops from fresh weights instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager
+import math
+from typing import Any, Callable, ContextManager, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +60,32 @@ from torch import nn
 from torch.distributions import Dirichlet, kl_divergence
 
 from ..errors import ConfigError
+from .base import METHODS, EdgePlan, Method, SearchParts, Stage, draw_generator
+from .net2wider import widen_op, widen_optimizer_state
 from .pc_darts import PartialChannelEdge
-from .base import METHODS, EdgePlan, Method, SearchParts, Stage
 
 REGULARISERS = ("l2", "kl")
-PROGRESSIVE_K = (6, 4)  # the code's ks: partial channels of stage 1 and stage 2
-PROGRESSIVE_KEEP = 4  # the code's num_keeps[1]: ops per edge in stage 2
+WIDENINGS = ("net2wider", "fresh")
+
+
+class Progression(NamedTuple):
+    """A space's progressive plan: partial channels K of each stage (the code's ``ks``) and the
+    ops each edge keeps for stage 2 (``num_keeps[1]``)."""
+
+    ks: tuple[int, ...]
+    keep: int
+    script: str  # where the authors' code runs it
+
+    @property
+    def channels_multiple(self) -> int:
+        """What --init-channels must be a multiple of: every stage's K divides it."""
+        return math.lcm(*self.ks)
+
+
+# DARTS space: DARTS-space/train_search.py (ks = [6, 4], num_keeps = [7, 4], 25 + 25 epochs);
+# NAS-Bench-201: 201-space/train_search_progressive.py (ks = [4, 2], num_keeps = [5, 3], 50 + 50)
+PROGRESSIONS = {"darts": Progression((6, 4), 4, "DARTS-space/train_search.py"),
+                "nas-bench-201": Progression((4, 2), 3, "201-space/train_search_progressive.py")}
 
 
 def concentration(alphas: torch.Tensor) -> torch.Tensor:
@@ -70,14 +97,16 @@ def concentration(alphas: torch.Tensor) -> torch.Tensor:
 class DrNAS(Method):
     name = "drnas"
     title = "DrNAS"
-    settings = ("drnas_regulariser", "drnas_reg_scale", "drnas_progressive")
+    settings = ("drnas_regulariser", "drnas_reg_scale", "drnas_progressive", "drnas_widen")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.regulariser = "l2" if config is None else config.drnas_regulariser
         self.scale = 1e-3 if config is None else float(config.drnas_reg_scale)
         self.progressive = config is not None and bool(config.drnas_progressive)
-        self.k = PROGRESSIVE_K[0] if self.progressive else 1  # the partial channels of the stage being built
+        self.widen = "net2wider" if config is None else config.drnas_widen
+        self.plan = PROGRESSIONS.get(config.space) if self.progressive else None
+        self.k = self.plan.ks[0] if self.plan else 1  # the partial channels of the stage being built
 
     @classmethod
     def check(cls, config: Any) -> None:
@@ -87,17 +116,24 @@ class DrNAS(Method):
                               f"got {config.drnas_regulariser!r}")
         if config.drnas_reg_scale < 0:
             raise ConfigError(f"--drnas-reg-scale must not be negative, got {config.drnas_reg_scale}")
+        if config.drnas_widen not in WIDENINGS:
+            raise ConfigError(f"--drnas-widen must be one of {', '.join(WIDENINGS)}, got {config.drnas_widen!r}")
         if not config.drnas_progressive:
             return
-        if config.space != "darts":
-            raise ConfigError(f"--drnas-progressive is the DARTS-space schedule (K 6 then 4): use --space darts, "
-                              f"not {config.space!r}, or drop --drnas-progressive")
-        if config.init_channels % 12:
-            raise ConfigError(f"--drnas-progressive runs partial channels K=6 then K=4, which must divide the "
-                              f"{config.init_channels} channels of --init-channels: choose a multiple of 12 (published: 36)")
-        if len(config.primitives) <= PROGRESSIVE_KEEP:
-            raise ConfigError(f"--drnas-progressive prunes every edge to {PROGRESSIVE_KEEP} ops after stage 1, but --ops "
-                              f"offers {len(config.primitives)}: give more ops (published: the 7 without none)")
+        plan = PROGRESSIONS.get(config.space)
+        if plan is None:
+            raise ConfigError(f"--drnas-progressive has the authors' schedules for --space darts and nas-bench-201, "
+                              f"not {config.space!r}: choose one of those, or drop --drnas-progressive")
+        ks = " then ".join(f"K={k}" for k in plan.ks)
+        published = {"darts": 36, "nas-bench-201": 16}[config.space]
+        if config.init_channels % plan.channels_multiple:
+            raise ConfigError(f"--drnas-progressive runs partial channels {ks}, which must divide the "
+                              f"{config.init_channels} channels of --init-channels: choose a multiple of "
+                              f"{plan.channels_multiple} (published: {published})")
+        if len(config.primitives) <= plan.keep:
+            raise ConfigError(f"--drnas-progressive prunes every edge to {plan.keep} ops after stage 1, but --ops "
+                              f"offers {len(config.primitives)}: give more ops (published: "
+                              f"{'the 7 without none' if config.space == 'darts' else 'the 5'})")
         if config.early_stop:
             raise ConfigError("--early-stop would stop the progressive DrNAS search inside a stage: drop it")
 
@@ -105,11 +141,10 @@ class DrNAS(Method):
     def stages(self) -> list[Stage]:
         if not self.progressive:
             return super().stages()
-        c = self.config
-        total = len(PROGRESSIVE_K) * c.epochs
-        return [Stage(epochs=c.epochs, layers=c.layers, keep=PROGRESSIVE_KEEP if i + 1 < len(PROGRESSIVE_K) else None,
-                      settings={"partial_channels": k}, cosine_epochs=total)
-                for i, k in enumerate(PROGRESSIVE_K)]
+        c, ks = self.config, self.plan.ks
+        return [Stage(epochs=c.epochs, layers=c.layers, keep=self.plan.keep if i + 1 < len(ks) else None,
+                      settings={"partial_channels": k}, cosine_epochs=len(ks) * c.epochs)
+                for i, k in enumerate(ks)]
 
     def start_stage(self, index: int, stage: Stage) -> None:
         if self.progressive:
@@ -120,7 +155,7 @@ class DrNAS(Method):
             return super().make_edge(C, stride, primitives, ops)
         if C % self.k:  # checked for --init-channels; the cells have C, 2C, 4C channels
             raise ConfigError(f"--drnas-progressive: K={self.k} does not divide the {C} channels of a cell: choose "
-                              f"a multiple of 12 for --init-channels")
+                              f"a multiple of {self.plan.channels_multiple} for --init-channels")
         return PartialChannelEdge(C, stride, primitives, self.k, ops)
 
     def carry_over(self, index: int, previous: SearchParts, current: SearchParts) -> None:
@@ -128,14 +163,20 @@ class DrNAS(Method):
             return
         carry_kept_alphas(previous, current)
         carry_unchanged_weights(previous, current)
+        if self.widen == "net2wider":
+            # the maps: a pure function of the seed and the stage (the same on every process, and
+            # on a run resumed at the end of stage 1, which makes the transition again)
+            widen_kept_ops(previous, current, draw_generator(self.config.seed, index))
         # the code's configure_scheduler: the schedule's state (period, epoch) over the fresh SGD
         current.scheduler.load_state_dict(previous.scheduler.state_dict())
 
     def describe(self) -> str:
         text = super().describe()
         if self.progressive:
-            text += (f" (two stages: partial channels K={PROGRESSIVE_K[0]} on every op, then the "
-                     f"{PROGRESSIVE_KEEP} strongest per edge at K={PROGRESSIVE_K[1]})")
+            first, second = self.plan.ks
+            text += (f" (two stages: partial channels K={first} on every op, then the {self.plan.keep} strongest "
+                     f"per edge at K={second}, " + ("widened from stage 1 by net2wider)" if self.widen == "net2wider"
+                                                    else "from fresh weights)"))
         return text
 
     def edge_plan(self, model: nn.Module, cell_type: str) -> EdgePlan:
@@ -208,3 +249,19 @@ def carry_unchanged_weights(previous: SearchParts, current: SearchParts) -> None
         state = old_opt.state.get(source, {}) if isinstance(source, nn.Parameter) else {}
         if state:
             new_opt.state[t] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+@torch.no_grad()
+def widen_kept_ops(previous: SearchParts, current: SearchParts, generator: torch.Generator) -> None:
+    """Each kept op of stage 2 from its stage-1 op widened from C/K1 to C/K2 channels
+    (:mod:`darts_nas.methods.net2wider`), with its SGD momentum widened alike; edges in module
+    order, ops in the new edge's order, each op's maps drawn from ``generator`` in turn."""
+    old_edges = [m for m in previous.model.modules() if isinstance(m, PartialChannelEdge)]
+    new_edges = [m for m in current.model.modules() if isinstance(m, PartialChannelEdge)]
+    if len(old_edges) != len(new_edges):
+        raise ValueError(f"the stages' supernets have {len(old_edges)} and {len(new_edges)} edges")
+    for old, new in zip(old_edges, new_edges):
+        for name, wide in zip(new.mixed.op_names, new.mixed.ops):
+            narrow = old.mixed.ops[old.mixed.op_names.index(name)]
+            maps = widen_op(narrow, wide, generator)
+            widen_optimizer_state(narrow, wide, maps, previous.w_optimizer, current.w_optimizer)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..arch_string import EDGES, NB201_PRIMITIVES, NODES, ArchGenotype, derive_arch
 from ..config import check_nb201_settings
+from ..edge_ops import edge_op_table, shared_ops
 from ..registry import Registry
 from ..supernet import ArchParameters
 from . import SEARCH_SPACES
@@ -102,9 +103,11 @@ class NB201SearchCell(nn.Module):
     """A cell whose six edges are the method's edges over the space's ops; node ``i`` sums its
     edges from nodes ``0..i-1``; the output is node 3."""
 
-    def __init__(self, C: int, primitives: Sequence[str], method) -> None:
+    def __init__(self, C: int, edge_ops: Sequence[Sequence[str]], method) -> None:
+        # edge_ops: the ops of each edge (every edge the same ops, except in a pruned stage of a
+        # progressive search: darts_nas.edge_ops)
         super().__init__()
-        self.edges = nn.ModuleList(method.make_edge(C, 1, primitives, ops=NB201_OPS) for _ in EDGES)
+        self.edges = nn.ModuleList(method.make_edge(C, 1, ops, ops=NB201_OPS) for ops in edge_ops)
 
     def forward(self, x: torch.Tensor, plan) -> torch.Tensor:
         weights, active, scale = plan.weights, plan.active, plan.edge_weights
@@ -133,26 +136,29 @@ class NB201Supernet(ArchParameters, nn.Module):
     recompute: bool = False  # accepted for the run loop; every cell's activations are kept
 
     def __init__(self, C: int = 16, num_classes: int = 10, N: int = 5, in_channels: int = 3,
-                 primitives: Sequence[str] = NB201_PRIMITIVES, method=None) -> None:
+                 primitives: Sequence[str] = NB201_PRIMITIVES, method=None, edge_ops=None) -> None:
         super().__init__()
         if method is None:
             from ..methods.darts import Darts
 
             method = Darts()
         self.method = method
-        self.primitives = tuple(primitives)
-        self.edge_ops = {"cell": (self.primitives,) * len(EDGES)}  # every edge the same ops (darts_nas.edge_ops)
+        # every edge the same ops, or each edge its own (edge_ops: a pruned stage of DrNAS's progressive
+        # search; darts_nas.edge_ops); self.primitives is the shared list, None when the edges differ
+        self.edge_ops = edge_op_table(tuple(primitives) if edge_ops is None else edge_ops, self.cell_types(),
+                                      len(EDGES), NB201_OPS)
+        self.primitives = shared_ops(self.edge_ops)
         self.C, self.N, self.num_classes = C, N, num_classes
         self.stem = _stem(in_channels, C)
         self.cells = nn.ModuleList()
         C_prev = C
         for C_curr, reduction in stage_plan(C, N):
             self.cells.append(ResidualReduction(C_prev, C_curr) if reduction
-                              else NB201SearchCell(C_curr, self.primitives, method))
+                              else NB201SearchCell(C_curr, self.edge_ops["cell"], method))
             C_prev = C_curr
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=False))
         self.classifier = nn.Linear(C_prev, num_classes)
-        self.alphas_cell = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(self.primitives)))
+        self.alphas_cell = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(self.edge_ops["cell"][0])))
         self._arch_names = ["alphas_cell"]
         for name, shape in method.extra_arch_parameters(self.cell_types(), len(EDGES)).items():
             self.register_parameter(name, nn.Parameter(1e-3 * torch.randn(*shape)))
@@ -183,17 +189,20 @@ class NB201Supernet(ArchParameters, nn.Module):
     def genotype(self) -> ArchGenotype:
         """The benchmark's derivation: per-edge argmax over every op, ``none`` included. A
         method's per-edge scale (PC-DARTS's betas) cannot change a per-edge argmax, so it is not
-        asked for."""
-        return derive_arch(self.alphas_cell.detach().float().cpu(), self.primitives)
+        asked for. Each edge chooses among its own ops when the edges differ."""
+        return derive_arch(self.alphas_cell.detach().float().cpu(),
+                           self.primitives if self.primitives is not None else self.edge_ops["cell"])
 
 
 @SEARCH_SPACES.register("nas-bench-201")
 def build_nb201_supernet(C: int, num_classes: int, layers: int, steps: int, in_channels: int,
-                         primitives: Sequence[str] = NB201_PRIMITIVES, method=None, **_: Any) -> NB201Supernet:
-    """``layers`` cells in all: 3 stages of ``layers // 3`` cells."""
+                         primitives: Sequence[str] = NB201_PRIMITIVES, method=None, edge_ops=None,
+                         **_: Any) -> NB201Supernet:
+    """``layers`` cells in all: 3 stages of ``layers // 3`` cells; ``edge_ops``: each edge's own
+    ops (a pruned stage), overriding ``primitives``."""
     check_nb201_settings(layers, steps, tuple(primitives))
     return NB201Supernet(C=C, num_classes=num_classes, N=layers // 3, in_channels=in_channels,
-                         primitives=primitives, method=method)
+                         primitives=primitives, method=method, edge_ops=edge_ops)
 
 
 build_nb201_supernet.ops = NB201_OPS  # the space's op registry: --ops are checked against it
