@@ -61,3 +61,21 @@ def test_bench_lookup_measures_the_pth_and_the_index():
     for key in ("open_file_s", "index_s", "open_index_s"):
         assert result[key] > 0
     assert result["open_index_rss_mb"] >= result["baseline_rss_mb"] * 0.9
+
+
+def test_small_image_paths_benchmark_times_every_variant_and_restores_the_shipped_paths(capsys, monkeypatch):
+    import importlib.util
+
+    from darts_nas import kernels
+
+    shipped = (kernels.reached_kernel, kernels._few_pixels_nhwc, kernels._depthwise_weight_grad)
+    spec = importlib.util.spec_from_file_location("small_image_paths", ROOT / "benchmarks" / "small_image_paths.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # in this process: the variants patch kernels' functions
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads sets it; restored after the test
+    result = bench.main(["--batch-size", "4", "--init-channels", "4", "--layers", "3", "--rounds", "1",
+                         "--steps", "1", "--warmup", "0", "--json"])
+    assert set(result["median_s"]) == {"all", "no-crop", "no-matmul", "old-per-tap", "none"}
+    assert all(v > 0 for v in result["median_s"].values())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["median_s"] == result["median_s"]
+    assert (kernels.reached_kernel, kernels._few_pixels_nhwc, kernels._depthwise_weight_grad) == shipped
