@@ -5,7 +5,9 @@ for its slowest thread. When another program takes a core from one of them, each
 thousands of small kernels of a step waits for that thread's next turn: with two competing busy
 processes on two cores a quick-start search step took 4.5x its idle time and a training step
 up to 300x. One thread cannot be held up that way (1.4x and 1.9x), and in a small step it is only
-about 10% slower than two on an idle machine, because its kernels are too short to share; at 32x32
+about 10% slower than two on an idle machine, because its kernels are too short to share (and since
+the small-image paths of :mod:`darts_nas.kernels`, one thread is faster than two were before
+them: the issue's "idle step no slower than before" holds); at 32x32
 CIFAR sizes a second core makes a step 1.6-1.7x faster. Hence :func:`default_threads`: one thread
 for small steps, PyTorch's count otherwise, and ``--threads N`` to choose. The count is never
 adapted to the load while running: it changes the results, and a run must compute the same way
