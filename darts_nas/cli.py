@@ -118,13 +118,16 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
                         "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section), or "
                         "RobustDARTS's s1, s2, s3, s4 (the DARTS cell, each edge its own published ops; s4 has the "
-                        "noise op; see the README's RobustDARTS section)")
+                        "noise op; see the README's RobustDARTS section), or proxyless (ProxylessNAS's MobileNetV2-like chain, "
+                        "FairDARTS's ImageNet space: one mixed MBConv block per layer; see the README's ProxylessNAS "
+                        "space section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
-                   help="channels of the first cell (C)")
+                   help="channels of the first cell (C); proxyless: the stem's width, 32 being width multiplier 1")
     g.add_argument("--layers", type=int, default=None,
                    help="number of cells (default: 8 for darts, 15 for nas-bench-201); darts: reductions at "
                         "layers//3 and 2*layers//3 (below 3 every cell reduces and the normal cell is not "
-                        "searched); nas-bench-201: a multiple of 3, three stages of layers/3 cells")
+                        "searched); nas-bench-201: a multiple of 3, three stages of layers/3 cells; proxyless: "
+                        "searched layers per stage at most (default and published: 4)")
     g.add_argument(*_flag("--nodes", "--steps"), type=int, default=None,
                    help="intermediate nodes per cell (default: 4 for darts; nas-bench-201 cells have 3)")
     g.add_argument("--ops", default=None,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .arch_string import NB201_PRIMITIVES, SPACE
+from .chain_genotype import CHAIN_PRIMITIVES
+from .chain_genotype import SPACE as CHAIN_SPACE
 from .errors import ConfigError
 from .primitives import PRIMITIVES, ROBUST_DARTS_SPACES  # not .genotype: --help must not import torch
 
@@ -97,6 +99,8 @@ SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
     # the benchmark's supernet: 3 stages of 5 cells, 3 nodes after the input, its 5 ops
     SPACE: {"layers": 15, "nodes": 3, "primitives": NB201_PRIMITIVES},
+    # ProxylessNAS's chain (FairDARTS's ImageNet space): --layers caps each stage's searched layers
+    CHAIN_SPACE: {"layers": 4, "nodes": 1, "primitives": CHAIN_PRIMITIVES},
     # RobustDARTS's S1-S4: the DARTS cell, each edge its own published ops; "primitives" is every op
     # the space offers somewhere (for the record: the supernet takes the per-edge lists)
     **{name: {"layers": 8, "nodes": 4, "primitives": tuple(dict.fromkeys(
@@ -128,6 +132,38 @@ def check_nb201_settings(layers: int, nodes: int, primitives: tuple[str, ...]) -
                           f"{', '.join(NB201_PRIMITIVES)}")
     if len(set(primitives)) != len(primitives) or not set(primitives) - {"none"}:
         raise ConfigError(f"--ops {','.join(primitives)}: list each op once, and at least one op other than none")
+
+
+# The methods whose every seam works on a chain of mixed layers whose widths change (the
+# proxyless space), and why the others do not.
+CHAIN_METHODS = ("darts", "fair-darts", "gdas", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas")
+CHAIN_REFUSED = {
+    "pc-darts": "its partial channels and edge betas need edges of equal input and output width and nodes "
+                "with several inputs",
+    "darts-minus": "its auxiliary skip needs edges of equal input and output shape on every layer",
+    "pdarts": "its stages add cells and drop skip connections, which a chain does not have",
+    "random-ws": "sampling-based search knows the darts and nas-bench-201 spaces only",
+    "spos": "sampling-based search knows the darts and nas-bench-201 spaces only",
+}
+
+
+def check_chain_settings(c: Any) -> None:
+    """The proxyless space's settings, checked before anything runs (one line naming the fix)."""
+    if c.method not in CHAIN_METHODS:
+        why = CHAIN_REFUSED.get(c.method, "it has not been made to work there")
+        raise ConfigError(f"--method {c.method} cannot search --space {CHAIN_SPACE}: {why}; use one of "
+                          f"{', '.join(CHAIN_METHODS)}")
+    if c.nodes != 1:
+        raise ConfigError(f"--space {CHAIN_SPACE} is a chain of layers without nodes, not --nodes {c.nodes}: drop --nodes")
+    unknown = [op for op in c.primitives if op not in CHAIN_PRIMITIVES]
+    if unknown:
+        raise ConfigError(f"--ops {','.join(unknown)}: not blocks of --space {CHAIN_SPACE}; valid blocks are: "
+                          f"{', '.join(CHAIN_PRIMITIVES)}")
+    if len(set(c.primitives)) != len(c.primitives) or not set(c.primitives) - {"none"}:
+        raise ConfigError(f"--ops {','.join(c.primitives)}: list each block once, and at least one MBConv block")
+    if c.recompute or c.drnas_progressive or wants_strategy(c):
+        raise ConfigError(f"--recompute, --drnas-progressive and --strategy are for the cell spaces, not --space "
+                          f"{CHAIN_SPACE}: drop them")
 
 
 @dataclass(frozen=True)
@@ -310,6 +346,8 @@ class SearchConfig(_Settings):
                                   f"and nas-bench-201 spaces, not RobustDARTS's per-edge --space {self.space}: use "
                                   f"--space darts or nas-bench-201")
         check_strategy_settings(self)
+        if self.space == CHAIN_SPACE:
+            check_chain_settings(self)
         if self.space == SPACE:
             check_nb201_settings(self.layers, self.nodes, self.primitives)
             if self.recompute:
