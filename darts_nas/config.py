@@ -490,6 +490,15 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "lr_decay": 0.97, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 0.0,
         "cutout": 0, "drop_path_prob": 0.0, "auxiliary": False, "auxiliary_weight": 0.4, "label_smoothing": 0.0,
     },
+    # ProxylessNAS's training of its searched nets (mit-han-lab/proxylessnas search/imagenet_run_exp.py
+    # defaults): 300 epochs, batch 256, SGD Nesterov lr 0.05 cosine, weight decay 4e-5, label smoothing
+    # 0.1, no dropout; the stem width is --init-channels (32: multiplier 1), the depth the genotype's.
+    CHAIN_SPACE: {
+        "dataset": "imagenet", "network": CHAIN_SPACE, "layers": 4, "init_channels": 32, "epochs": 300,
+        "batch_size": 256, "learning_rate": 0.05, "lr_schedule": "cosine", "learning_rate_min": 0.0,
+        "lr_decay": 0.97, "momentum": 0.9, "nesterov": True, "weight_decay": 4e-5, "grad_clip": 0.0,
+        "cutout": 0, "drop_path_prob": 0.0, "auxiliary": False, "auxiliary_weight": 0.4, "label_smoothing": 0.1,
+    },
 }
 LR_SCHEDULES = ("cosine", "step")
 
@@ -608,6 +617,12 @@ class TrainConfig(_Settings):
         if (self.network == SPACE) != (self.protocol == SPACE):
             raise ConfigError("the NAS-Bench-201 network trains under --protocol nas-bench-201 and only it: use "
                               "--space nas-bench-201 (which implies it), or leave out --network nas-bench-201")
+        if (self.network == CHAIN_SPACE) != (self.protocol == CHAIN_SPACE):
+            raise ConfigError("the ProxylessNAS chain trains under --protocol proxyless and only it: use --space "
+                              "proxyless (which implies it), or leave out --network proxyless")
+        if self.network == CHAIN_SPACE and (self.auxiliary or self.drop_path_prob > 0):
+            raise ConfigError("the ProxylessNAS chain has no auxiliary head and no drop-path: drop --auxiliary and "
+                              "--drop-path-prob")
         if self.network == SPACE:
             if self.layers % 3:
                 raise ConfigError(f"--layers {self.layers} is not a multiple of 3: the NAS-Bench-201 network has 3 "

@@ -469,6 +469,16 @@ def build_imagenet_network(genotype: Genotype, C: int, layers: int, num_classes:
 NETWORKS.register("nas-bench-201", build_nb201_network)
 
 
+@NETWORKS.register("proxyless")
+def build_chain_network(genotype, C: int, layers: int, num_classes: int, auxiliary: bool = False,
+                        in_channels: int = 3, **_: object):
+    """The ProxylessNAS chain of ``genotype`` at stem width ``C`` (32: width multiplier 1); its depth is
+    the genotype's (``layers`` is not used)."""
+    from .spaces.proxyless import ChainNetwork
+
+    return ChainNetwork(genotype, C=C, num_classes=num_classes, in_channels=in_channels)
+
+
 def build_network(kind: str, genotype: Genotype | str, C: int, layers: int, num_classes: int,
                   auxiliary: bool = False, in_channels: int = 3) -> nn.Module:
     """Build the final network of ``kind`` (a name in :data:`NETWORKS`: ``"cifar"`` or

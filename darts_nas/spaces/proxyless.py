@@ -22,8 +22,9 @@ distribution, as ProxylessNAS's per-layer ``AP_path_alpha``. Scaling down: ``--i
 is the stem width (32: multiplier 1; every width times ``C / 32``, by the code's
 ``make_divisible``), ``--layers`` caps each stage's searched layers (4: the published depths).
 
-:class:`ChainNetwork` is the network of a derived chain (``train_final --space proxyless``);
-:func:`multiply_adds` counts its mult-adds as the ProxylessNAS code does (convs and the linear layer).
+:class:`ChainNetwork` is the network of a derived chain (``train_final --space proxyless``); its
+mult-adds are :func:`darts_nas.network.count_multiply_adds`'s (convs and the linear layer, as the
+ProxylessNAS code's ``count_conv_flop`` and ``LinearLayer.get_flops`` count them).
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ build_chain_supernet.ops = CHAIN_OPS
 
 
 # ---------------------------------------------------------------------------------------------
-# The network of a chain, and its mult-adds
+# The network of a chain
 # ---------------------------------------------------------------------------------------------
 
 
@@ -233,31 +234,4 @@ class ChainNetwork(nn.Module):
         return self.classifier(self.dropout(h)), None
 
 
-def multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Mult-adds of one input of ``shape`` (1, C, H, W) as ProxylessNAS counts them
-    (``count_conv_flop``; LinearLayer: its weight's size): per conv, k*k*C_in*C_out/groups per output
-    position; per linear layer, in*out. BN, activations, pooling and the shortcut add nothing."""
-    total = [0]
-
-    def conv(m: nn.Conv2d, _, out: torch.Tensor) -> None:
-        b, _, h, w = out.shape
-        total[0] += m.kernel_size[0] * m.kernel_size[1] * m.in_channels * m.out_channels // m.groups * b * h * w
-
-    def linear(m: nn.Linear, inputs, _) -> None:
-        total[0] += inputs[0].shape[0] * m.in_features * m.out_features
-
-    handles = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(shape))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total[0]
-
-
-__all__ = ["CHAIN_OPS", "ChainNetwork", "ChainSupernet", "MBConv", "build_chain_supernet", "multiply_adds"]
+__all__ = ["CHAIN_OPS", "ChainNetwork", "ChainSupernet", "MBConv", "build_chain_supernet"]
