@@ -344,7 +344,8 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             "sizes": sizes, "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
         }, indent=2, sort_keys=True))
-    shape = (f"{len(genotype.ops)} layers, stem width {config.init_channels}" if config.network == CHAIN_SPACE
+    shape = (f"{len(genotype.ops)} searched layers ({genotype.ops.count('none')} skipped), stem width "
+             f"{config.init_channels}" if config.network == CHAIN_SPACE
              else f"{config.layers} cells, C={config.init_channels}")
     log.info(f"{info.name}: {_network_name(config.network)} of {config.cell!r}: {shape}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "

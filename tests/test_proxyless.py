@@ -26,8 +26,8 @@ from test_fair_darts import GivenWeights, arch_grads, fair
 from test_methods import assert_same_run
 from test_pdarts import one_thread
 
-TINY = ["--dataset", "digits", "--space", "proxyless", "--init-channels", "4", "--layers", "2", "--batch-size", "16",
-        "--steps-per-epoch", "2", "--epochs", "2", "--quiet", "--no-tensorboard", "--device", "cpu"]
+TINY = ["--dataset", "digits", "--space", "proxyless", "--init-channels", "4", "--layers", "2", "--batch-size", "32",
+        "--train-portion", "0.9", "--steps-per-epoch", "1", "--epochs", "2", "--quiet", "--no-tensorboard", "--device", "cpu"]
 GROUPS = ("conv", "skippable")
 
 
@@ -238,9 +238,13 @@ def test_search_then_train_final_on_digits(tmp_path):
                                  {"conv": MBCONV_OPS, "skippable": CHAIN_PRIMITIVES}, (2, 2, 2, 2, 2, 1))
     assert ChainGenotype.from_dict(read_jsonl(out / "history.jsonl")[-1]["genotype"]) == final
     assert json.loads((out / "summary.json").read_text())["genotype_text"] == str(final)
+    from darts_nas.report import cell_graphs
+
+    [chain] = cell_graphs(out / "genotype.json")  # darts-report draws the chain
+    assert [op for _, _, op in chain.edges] == [op for op in final.ops if op != "none"]
     train = tmp_path / "train"
     assert train_main(["--space", "proxyless", "--cell", str(out), "--dataset", "digits", "--init-channels", "4",
-                       "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "2", "--quiet",
+                       "--batch-size", "32", "--epochs", "1", "--steps-per-epoch", "1", "--quiet",
                        "--no-tensorboard", "--out", str(train)]) == 0
     summary = json.loads((train / "metrics.json").read_text())
     assert summary["finished"] and math.isfinite(summary["final_test_loss"])
