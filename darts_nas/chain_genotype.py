@@ -196,8 +196,9 @@ class ChainGenotype:
     def warnings(self) -> tuple[str, ...]:
         skipped = sum(op == "none" for op in self.ops)
         if skipped and skipped == sum(layer["skippable"] for layer in self.plan()):
-            return (f"every skippable layer of the derived chain is none ({skipped} of {len(self.ops)}): the "
-                    f"network keeps only each stage's first layer",)
+            message = (f"every skippable layer of the derived chain is none ({skipped} of {len(self.ops)}): the "
+                       f"network keeps only each stage's first layer")
+            return (message,)
         return ()
 
     def rows(self, group: str) -> tuple[str, ...]:

@@ -118,7 +118,8 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
                         "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section), or "
                         "RobustDARTS's s1, s2, s3, s4 (the DARTS cell, each edge its own published ops; s4 has the "
-                        "noise op; see the README's RobustDARTS section), or proxyless (ProxylessNAS's MobileNetV2-like chain, "
+                        "noise op; see the README's RobustDARTS section), or proxyless (ProxylessNAS's MobileNetV2-like "
+                        "chain, "
                         "FairDARTS's ImageNet space: one mixed MBConv block per layer; see the README's ProxylessNAS "
                         "space section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
@@ -643,7 +644,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default for --space "
                         "darts); imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing "
                         "0.1; nas-bench-201 (the default and only protocol for --space nas-bench-201): 15 cells, C=16, "
-                        "200 epochs, batch 256, SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, crop and flip; proxyless (the "
+                        "200 epochs, batch 256, SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, crop and flip; "
+                        "proxyless (the "
                         "default and only protocol for --space proxyless): ProxylessNAS's training, 300 epochs, batch "
                         "256, SGD Nesterov lr 0.05 cosine, weight decay 4e-5, label smoothing 0.1")
     p.add_argument("--compare", action="append", default=[], metavar="CELL",

@@ -154,7 +154,8 @@ def check_chain_settings(c: Any) -> None:
         raise ConfigError(f"--method {c.method} cannot search --space {CHAIN_SPACE}: {why}; use one of "
                           f"{', '.join(CHAIN_METHODS)}")
     if c.nodes != 1:
-        raise ConfigError(f"--space {CHAIN_SPACE} is a chain of layers without nodes, not --nodes {c.nodes}: drop --nodes")
+        raise ConfigError(f"--space {CHAIN_SPACE} is a chain of layers without nodes, not --nodes {c.nodes}: "
+                          f"drop --nodes")
     unknown = [op for op in c.primitives if op not in CHAIN_PRIMITIVES]
     if unknown:
         raise ConfigError(f"--ops {','.join(unknown)}: not blocks of --space {CHAIN_SPACE}; valid blocks are: "

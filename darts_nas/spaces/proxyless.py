@@ -35,8 +35,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..chain_genotype import (CHAIN_PRIMITIVES, FIRST_BLOCK, STAGE_DEPTHS, STAGE_WIDTHS, ChainGenotype,
-                              derive_chain, parse_op, scaled_plan, scaled_widths)
+from ..chain_genotype import (CHAIN_PRIMITIVES, STAGE_DEPTHS, ChainGenotype, derive_chain, parse_op, scaled_plan,
+                              scaled_widths)
 from ..errors import ConfigError
 from ..registry import Registry
 from ..supernet import ArchParameters
@@ -82,10 +82,14 @@ def layer_ops(C_in: int, C_out: int, primitives: Sequence[str]) -> Registry:
 
 
 # The space's op registry (``--ops`` are checked against it): blocks keeping their width.
+def _same_width(name: str):
+    return lambda C, stride, affine: block_factory(name, C, C)(C, stride, affine)
+
+
 CHAIN_OPS: Registry = Registry("ProxylessNAS block")
 CHAIN_OPS.register("none", lambda C, stride, affine: None)
 for _name in CHAIN_PRIMITIVES[1:]:
-    CHAIN_OPS.register(_name, (lambda n: lambda C, stride, affine: block_factory(n, C, C)(C, stride, affine))(_name))
+    CHAIN_OPS.register(_name, _same_width(_name))
 
 
 def _stem(in_channels: int, C: int) -> nn.Sequential:
@@ -152,9 +156,10 @@ class ChainSupernet(ArchParameters, nn.Module):
         for g in self._groups:
             self.register_parameter(f"alphas_{g}", nn.Parameter(scale * torch.randn(counts[g], len(self.group_ops[g]))))
             self._arch_names.append(f"alphas_{g}")
-        for name, shape in method.extra_arch_parameters(self._groups, 0).items():
-            raise ConfigError(f"--method {method.name} adds architecture parameters ({name}) the chain space "
-                              f"has no place for")
+        extra = method.extra_arch_parameters(self._groups, 0)
+        if extra:
+            raise ConfigError(f"--method {method.name} adds architecture parameters ({', '.join(extra)}) the chain "
+                              f"space has no place for")
 
     def cell_types(self) -> tuple[str, ...]:
         """The alpha groups present (``conv``, ``skippable``), in that order."""
