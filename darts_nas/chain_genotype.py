@@ -26,12 +26,12 @@ This module imports no torch: the settings, ``train_final`` and the cell files u
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .arch_string import ArchGenotype
 from .errors import GenotypeError
 
 SPACE = "proxyless"
@@ -171,26 +171,10 @@ class ChainGenotype:
             raise GenotypeError(f"the genotype belongs to the {data.get('space')!r} space, not {SPACE}")
         return cls(parse_chain(data["chain"]).stages, tuple(data.get("widths", STAGE_WIDTHS)))
 
-    def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``{"space": "proxyless", "chain": "...", "widths": [...]}`` (and ``extra``) atomically."""
-        path = Path(path)
-        data = {**{str(k): v for k, v in (extra or {}).items()}, **self.to_dict()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ChainGenotype:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise GenotypeError(f"{path}: cannot read a genotype from it ({exc})") from None
-        try:
-            return cls.from_dict(data)
-        except GenotypeError as exc:
-            raise GenotypeError(f"{path}: {exc}") from None
+    # Written and read as NAS-Bench-201's genotypes are (atomically; ``extra`` keys kept; a file's
+    # name in every error): the same code, over this class's to_dict and from_dict.
+    save = ArchGenotype.save
+    load = classmethod(ArchGenotype.load.__func__)
 
     # -- what the log and the board show ---------------------------------------------------------
     def warnings(self) -> tuple[str, ...]:
