@@ -485,7 +485,11 @@ def build_network(kind: str, genotype: Genotype | str, C: int, layers: int, num_
     ``"imagenet"``). ``genotype`` may also be a spec for :func:`darts_nas.genotype.resolve`
     (a cell name such as ``"darts_v2"``, a JSON file, genotype text)."""
     builder = NETWORKS.get(kind)  # unknown kind -> ConfigError listing the valid ones
-    if isinstance(genotype, str):
+    if isinstance(genotype, str) and kind == "proxyless":  # a chain of the proxyless space
+        from .chain_genotype import resolve_chain
+
+        genotype = resolve_chain(genotype)
+    elif isinstance(genotype, str):
         genotype = resolve(genotype)
     return builder(genotype=genotype, C=C, layers=layers, num_classes=num_classes,
                    auxiliary=auxiliary, in_channels=in_channels)

@@ -20,7 +20,7 @@ from darts_nas.config import CHAIN_METHODS, SearchConfig
 from darts_nas.errors import GenotypeError
 from darts_nas.methods import METHODS
 from darts_nas.methods.fair_darts import zero_one_loss
-from darts_nas.network import count_multiply_adds, count_parameters
+from darts_nas.network import build_network, count_multiply_adds, count_parameters
 from darts_nas.spaces import SEARCH_SPACES
 from darts_nas.spaces.proxyless import ChainNetwork, ChainSupernet, MBConv
 from darts_nas.tracking import read_jsonl
@@ -227,6 +227,7 @@ def test_proxylessnas_mobile_has_its_published_parameters_and_mult_adds():
     # paper's tables quote for the mobile model
     assert count_multiply_adds(net, (1, 3, 224, 224)) == 320_427_584
     assert len(net.blocks) == 19  # 21 searched layers, two of them none
+    assert count_parameters(build_network("proxyless", "proxyless_mobile", 32, 4, 1000)) == 4_080_512
 
 
 def test_search_then_train_final_on_digits(tmp_path):
