@@ -118,13 +118,17 @@ def build_search_parser() -> argparse.ArgumentParser:
                    help="search space: darts (normal and reduction cells) or nas-bench-201 (the benchmark's "
                         "6-edge cell, one alpha shared by every cell; see the README's NAS-Bench-201 section), or "
                         "RobustDARTS's s1, s2, s3, s4 (the DARTS cell, each edge its own published ops; s4 has the "
-                        "noise op; see the README's RobustDARTS section)")
+                        "noise op; see the README's RobustDARTS section), or proxyless (ProxylessNAS's MobileNetV2-like "
+                        "chain, "
+                        "FairDARTS's ImageNet space: one mixed MBConv block per layer; see the README's ProxylessNAS "
+                        "space section)")
     g.add_argument(*_flag("--init-channels", "--init_channels"), type=int, default=d.init_channels,
-                   help="channels of the first cell (C)")
+                   help="channels of the first cell (C); proxyless: the stem's width, 32 being width multiplier 1")
     g.add_argument("--layers", type=int, default=None,
                    help="number of cells (default: 8 for darts, 15 for nas-bench-201); darts: reductions at "
                         "layers//3 and 2*layers//3 (below 3 every cell reduces and the normal cell is not "
-                        "searched); nas-bench-201: a multiple of 3, three stages of layers/3 cells")
+                        "searched); nas-bench-201: a multiple of 3, three stages of layers/3 cells; proxyless: "
+                        "searched layers per stage at most (default and published: 4)")
     g.add_argument(*_flag("--nodes", "--steps"), type=int, default=None,
                    help="intermediate nodes per cell (default: 4 for darts; nas-bench-201 cells have 3)")
     g.add_argument("--ops", default=None,
@@ -634,15 +638,20 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("--cell", "--arch"), default=None,
                    help="the genotype (required unless --resume): a JSON file, a search run directory, a name from "
                         "cells/ (darts_v2, pdarts, ...; any case, - or _) or genotype text")
-    p.add_argument("--space", choices=["darts", "nas-bench-201"], default="darts",
+    p.add_argument("--space", choices=["darts", "nas-bench-201", "proxyless"], default="darts",
                    help="the genotype's space: darts, or nas-bench-201 (--cell is an arch string "
                         "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|, trained as the benchmark's 17-block network under "
-                        "--protocol nas-bench-201; its params and FLOPs are also given as the benchmark counts them)")
+                        "--protocol nas-bench-201; its params and FLOPs are also given as the benchmark counts them), "
+                        "or proxyless (--cell is a chain, a --space proxyless search run or proxyless_mobile, trained "
+                        "under --protocol proxyless; --init-channels is the stem width, 32 being multiplier 1)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
                    help="cifar: 20 cells, C=36, 600 epochs, batch 96, cutout, drop-path 0.2 (default for --space "
                         "darts); imagenet: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x0.97/epoch, label smoothing "
                         "0.1; nas-bench-201 (the default and only protocol for --space nas-bench-201): 15 cells, C=16, "
-                        "200 epochs, batch 256, SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, crop and flip")
+                        "200 epochs, batch 256, SGD Nesterov lr 0.1 cosine to 0, weight decay 5e-4, crop and flip; "
+                        "proxyless (the "
+                        "default and only protocol for --space proxyless): ProxylessNAS's training, 300 epochs, batch "
+                        "256, SGD Nesterov lr 0.05 cosine, weight decay 4e-5, label smoothing 0.1")
     p.add_argument("--compare", action="append", default=[], metavar="CELL",
                    help="also train this cell under identical settings (in <out>/compare-<name>) and print "
                         "both results side by side; repeatable")
@@ -739,7 +748,13 @@ def train_config_from_args(args: argparse.Namespace):
     from .config import TrainConfig
 
     space = getattr(args, "space", "darts")
-    protocol = args.protocol or ("nas-bench-201" if space == "nas-bench-201" else "cifar")
+    protocol = args.protocol or (space if space in ("nas-bench-201", "proxyless") else "cifar")
+    if (space == "proxyless") != (protocol == "proxyless"):
+        raise ConfigError(f"--space {space} does not train under --protocol {protocol}: ProxylessNAS chains train "
+                          f"under --protocol proxyless (the default with --space proxyless) and only they do")
+    if space == "proxyless" and args.layers is not None:
+        raise ConfigError("a ProxylessNAS chain's depth is its genotype's: drop --layers (--init-channels scales "
+                          "its widths)")
     if (space == "nas-bench-201") != (protocol == "nas-bench-201"):
         raise ConfigError(f"--space {space} does not train under --protocol {protocol}: NAS-Bench-201 cells train "
                           f"under --protocol nas-bench-201 (the default with --space nas-bench-201), DARTS cells "

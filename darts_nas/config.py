@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .arch_string import NB201_PRIMITIVES, SPACE
+from .chain_genotype import CHAIN_PRIMITIVES
+from .chain_genotype import SPACE as CHAIN_SPACE
 from .errors import ConfigError
 from .primitives import PRIMITIVES, ROBUST_DARTS_SPACES  # not .genotype: --help must not import torch
 
@@ -97,6 +99,8 @@ SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     "darts": {"layers": 8, "nodes": 4, "primitives": PRIMITIVES},
     # the benchmark's supernet: 3 stages of 5 cells, 3 nodes after the input, its 5 ops
     SPACE: {"layers": 15, "nodes": 3, "primitives": NB201_PRIMITIVES},
+    # ProxylessNAS's chain (FairDARTS's ImageNet space): --layers caps each stage's searched layers
+    CHAIN_SPACE: {"layers": 4, "nodes": 1, "primitives": CHAIN_PRIMITIVES},
     # RobustDARTS's S1-S4: the DARTS cell, each edge its own published ops; "primitives" is every op
     # the space offers somewhere (for the record: the supernet takes the per-edge lists)
     **{name: {"layers": 8, "nodes": 4, "primitives": tuple(dict.fromkeys(
@@ -128,6 +132,39 @@ def check_nb201_settings(layers: int, nodes: int, primitives: tuple[str, ...]) -
                           f"{', '.join(NB201_PRIMITIVES)}")
     if len(set(primitives)) != len(primitives) or not set(primitives) - {"none"}:
         raise ConfigError(f"--ops {','.join(primitives)}: list each op once, and at least one op other than none")
+
+
+# The methods whose every seam works on a chain of mixed layers whose widths change (the
+# proxyless space), and why the others do not.
+CHAIN_METHODS = ("darts", "fair-darts", "gdas", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas")
+CHAIN_REFUSED = {
+    "pc-darts": "its partial channels and edge betas need edges of equal input and output width and nodes "
+                "with several inputs",
+    "darts-minus": "its auxiliary skip needs edges of equal input and output shape on every layer",
+    "pdarts": "its stages add cells and drop skip connections, which a chain does not have",
+    "random-ws": "sampling-based search knows the darts and nas-bench-201 spaces only",
+    "spos": "sampling-based search knows the darts and nas-bench-201 spaces only",
+}
+
+
+def check_chain_settings(c: Any) -> None:
+    """The proxyless space's settings, checked before anything runs (one line naming the fix)."""
+    if c.method not in CHAIN_METHODS:
+        why = CHAIN_REFUSED.get(c.method, "it has not been made to work there")
+        raise ConfigError(f"--method {c.method} cannot search --space {CHAIN_SPACE}: {why}; use one of "
+                          f"{', '.join(CHAIN_METHODS)}")
+    if c.nodes != 1:
+        raise ConfigError(f"--space {CHAIN_SPACE} is a chain of layers without nodes, not --nodes {c.nodes}: "
+                          f"drop --nodes")
+    unknown = [op for op in c.primitives if op not in CHAIN_PRIMITIVES]
+    if unknown:
+        raise ConfigError(f"--ops {','.join(unknown)}: not blocks of --space {CHAIN_SPACE}; valid blocks are: "
+                          f"{', '.join(CHAIN_PRIMITIVES)}")
+    if len(set(c.primitives)) != len(c.primitives) or not set(c.primitives) - {"none"}:
+        raise ConfigError(f"--ops {','.join(c.primitives)}: list each block once, and at least one MBConv block")
+    if c.recompute or c.drnas_progressive or wants_strategy(c):
+        raise ConfigError(f"--recompute, --drnas-progressive and --strategy are for the cell spaces, not --space "
+                          f"{CHAIN_SPACE}: drop them")
 
 
 @dataclass(frozen=True)
@@ -311,6 +348,8 @@ class SearchConfig(_Settings):
                                   f"and nas-bench-201 spaces, not RobustDARTS's per-edge --space {self.space}: use "
                                   f"--space darts or nas-bench-201")
         check_strategy_settings(self)
+        if self.space == CHAIN_SPACE:
+            check_chain_settings(self)
         if self.space == SPACE:
             check_nb201_settings(self.layers, self.nodes, self.primitives)
             if self.recompute:
@@ -456,6 +495,15 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "lr_decay": 0.97, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 0.0,
         "cutout": 0, "drop_path_prob": 0.0, "auxiliary": False, "auxiliary_weight": 0.4, "label_smoothing": 0.0,
     },
+    # ProxylessNAS's training of its searched nets (mit-han-lab/proxylessnas search/imagenet_run_exp.py
+    # defaults): 300 epochs, batch 256, SGD Nesterov lr 0.05 cosine, weight decay 4e-5, label smoothing
+    # 0.1, no dropout; the stem width is --init-channels (32: multiplier 1), the depth the genotype's.
+    CHAIN_SPACE: {
+        "dataset": "imagenet", "network": CHAIN_SPACE, "layers": 4, "init_channels": 32, "epochs": 300,
+        "batch_size": 256, "learning_rate": 0.05, "lr_schedule": "cosine", "learning_rate_min": 0.0,
+        "lr_decay": 0.97, "momentum": 0.9, "nesterov": True, "weight_decay": 4e-5, "grad_clip": 0.0,
+        "cutout": 0, "drop_path_prob": 0.0, "auxiliary": False, "auxiliary_weight": 0.4, "label_smoothing": 0.1,
+    },
 }
 LR_SCHEDULES = ("cosine", "step")
 
@@ -574,6 +622,12 @@ class TrainConfig(_Settings):
         if (self.network == SPACE) != (self.protocol == SPACE):
             raise ConfigError("the NAS-Bench-201 network trains under --protocol nas-bench-201 and only it: use "
                               "--space nas-bench-201 (which implies it), or leave out --network nas-bench-201")
+        if (self.network == CHAIN_SPACE) != (self.protocol == CHAIN_SPACE):
+            raise ConfigError("the ProxylessNAS chain trains under --protocol proxyless and only it: use --space "
+                              "proxyless (which implies it), or leave out --network proxyless")
+        if self.network == CHAIN_SPACE and (self.auxiliary or self.drop_path_prob > 0):
+            raise ConfigError("the ProxylessNAS chain has no auxiliary head and no drop-path: drop --auxiliary and "
+                              "--drop-path-prob")
         if self.network == SPACE:
             if self.layers % 3:
                 raise ConfigError(f"--layers {self.layers} is not a multiple of 3: the NAS-Bench-201 network has 3 "

@@ -469,13 +469,27 @@ def build_imagenet_network(genotype: Genotype, C: int, layers: int, num_classes:
 NETWORKS.register("nas-bench-201", build_nb201_network)
 
 
+@NETWORKS.register("proxyless")
+def build_chain_network(genotype, C: int, layers: int, num_classes: int, auxiliary: bool = False,
+                        in_channels: int = 3, **_: object):
+    """The ProxylessNAS chain of ``genotype`` at stem width ``C`` (32: width multiplier 1); its depth is
+    the genotype's (``layers`` is not used)."""
+    from .spaces.proxyless import ChainNetwork
+
+    return ChainNetwork(genotype, C=C, num_classes=num_classes, in_channels=in_channels)
+
+
 def build_network(kind: str, genotype: Genotype | str, C: int, layers: int, num_classes: int,
                   auxiliary: bool = False, in_channels: int = 3) -> nn.Module:
     """Build the final network of ``kind`` (a name in :data:`NETWORKS`: ``"cifar"`` or
     ``"imagenet"``). ``genotype`` may also be a spec for :func:`darts_nas.genotype.resolve`
     (a cell name such as ``"darts_v2"``, a JSON file, genotype text)."""
     builder = NETWORKS.get(kind)  # unknown kind -> ConfigError listing the valid ones
-    if isinstance(genotype, str):
+    if isinstance(genotype, str) and kind == "proxyless":  # a chain of the proxyless space
+        from .chain_genotype import resolve_chain
+
+        genotype = resolve_chain(genotype)
+    elif isinstance(genotype, str):
         genotype = resolve(genotype)
     return builder(genotype=genotype, C=C, layers=layers, num_classes=num_classes,
                    auxiliary=auxiliary, in_channels=in_channels)

@@ -283,6 +283,12 @@ def cell_graphs(path: Path) -> list[CellGraph]:
         nodes = ["in"] + [str(i) for i in range(1, NODES - 1)] + ["out"]
         return [CellGraph("NAS-Bench-201 cell", nodes,
                           [(j, i, op) for (i, j), op in zip(EDGES, arch.ops) if op != "none"], [])]
+    if data.get("space") == "proxyless":  # a chain: each kept block an edge from one layer's output to the next
+        from .chain_genotype import ChainGenotype
+
+        blocks = [op for op in ChainGenotype.from_dict(data).ops if op != "none"]
+        nodes = ["stem"] + [str(i) for i in range(1, len(blocks))] + ["head"]
+        return [CellGraph("ProxylessNAS chain", nodes, [(i, i + 1, op) for i, op in enumerate(blocks)], [])]
     from .drawing import CELL_TITLES, node_name
     from .genotype import Genotype
 

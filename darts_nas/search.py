@@ -337,7 +337,7 @@ def _search(config: SearchConfig, data, device: torch.device, log: RunLog,
         log.info(f"{len(plan)} stages: " + "; ".join(
             f"{s.epochs} epochs on {s.layers} cells" + (f", then {s.keep} ops per edge kept" if s.keep else "")
             for s in plan))
-    if min(s.layers for s in plan) < 3:
+    if min(s.layers for s in plan) < 3 and model.cell_types() == ("normal", "reduce"):
         # Reductions sit at layers // 3 and 2 * layers // 3: below 3 cells every cell reduces.
         log.info(f"warning: with --layers {config.layers} every cell is a reduction cell, so the normal "
                  f"cell's alphas are never trained and its genotype is meaningless: use --layers 3 or more "

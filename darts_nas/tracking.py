@@ -182,6 +182,10 @@ def alpha_heatmap(cell: str, alphas: Any, primitives: Any, genotype: Genotype,
         from .arch_string import edge_name
 
         title = f"{cell}: softmax(alpha)" + (f", epoch {epoch}" if epoch is not None else "")
+        if hasattr(genotype, "rows"):  # a space naming its own rows per group (the proxyless chain's layers)
+            return Heatmap(values=probs, rows=genotype.rows(cell), columns=tuple(primitives),
+                           marked=frozenset(genotype.kept(primitives, cell)), title=title, breaks=(),
+                           note="boxed: the block each layer keeps (none included)")
         return Heatmap(values=probs, rows=tuple(edge_name(k) for k in range(len(probs))), columns=tuple(primitives),
                        marked=frozenset(genotype.kept(primitives)), title=title, breaks=(1, 3),
                        note="boxed: the op each edge keeps (none included)")

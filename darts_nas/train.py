@@ -31,6 +31,8 @@ from .errors import CheckpointError, ConfigError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
 from .arch_string import SPACE, resolve_arch
+from .chain_genotype import SPACE as CHAIN_SPACE
+from .chain_genotype import resolve_chain
 from .genotype import Genotype, resolve
 from .network import (NETWORKS, check_image_size, check_stem_fits_in_memory, count_auxiliary_parameters,
                       count_multiply_adds, count_parameters)
@@ -57,9 +59,12 @@ RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "
 
 def resolve_cell(network: str, spec: str):
     """``--cell``/``--compare`` as the network's space reads them: a NAS-Bench-201 arch string
-    (or its genotype file or search run) for the benchmark's network, a DARTS genotype otherwise."""
+    (or its genotype file or search run) for the benchmark's network, a ProxylessNAS chain for the
+    proxyless network, a DARTS genotype otherwise."""
     if network == SPACE:
         return resolve_arch(spec)
+    if network == CHAIN_SPACE:
+        return resolve_chain(spec)
     return resolve(spec)
 
 
@@ -339,8 +344,10 @@ def _train(config: TrainConfig, genotype: Genotype, data, info: DatasetInfo, dev
             "sizes": sizes, "environment": environment(device),
             **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
         }, indent=2, sort_keys=True))
-    log.info(f"{info.name}: {_network_name(config.network)} of {config.cell!r}: {config.layers} cells, "
-             f"C={config.init_channels}, "
+    shape = (f"{len(genotype.ops)} searched layers ({genotype.ops.count('none')} skipped), stem width "
+             f"{config.init_channels}" if config.network == CHAIN_SPACE
+             else f"{config.layers} cells, C={config.init_channels}")
+    log.info(f"{info.name}: {_network_name(config.network)} of {config.cell!r}: {shape}, "
              f"{sizes['params']:,} parameters (+{sizes['params_auxiliary']:,} in the auxiliary head), "
              f"{sizes['multiply_adds'] / 1e6:.1f}M multiply-adds at {info.in_channels}x{info.image_size}x"
              f"{info.image_size}, on {device} ({speed.describe()}"

@@ -106,7 +106,7 @@ def test_train_help_shows_the_protocols_values():
     for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--init-channels", "init_channels")):
         shown = f"cifar: {PROTOCOLS['cifar'][key]}, imagenet: {PROTOCOLS['imagenet'][key]}"
         assert shown in text, flag
-    assert "[cifar: half the image side, imagenet: 0, nas-bench-201: 0]" in text  # --cutout
+    assert "[cifar: half the image side, imagenet: 0, nas-bench-201: 0, proxyless: 0]" in text  # --cutout
 
 
 @pytest.mark.parametrize("argv0,kind,expected", [

@@ -304,7 +304,7 @@ def test_count_parameters_hand_count():
 
 
 def test_registry_and_build_network():
-    assert NETWORKS.names() == ["cifar", "imagenet", "nas-bench-201"]
+    assert NETWORKS.names() == ["cifar", "imagenet", "nas-bench-201", "proxyless"]
     assert isinstance(build_network("cifar", "DARTS_V2", 4, 3, 2), NetworkCIFAR)
     model = build_network("imagenet", load_cell("pdarts"), 4, 3, 2, auxiliary=True, in_channels=1)
     assert isinstance(model, NetworkImageNet) and model.auxiliary

@@ -59,10 +59,9 @@ class FairDarts(Method):
     @classmethod
     def check(cls, config: Any) -> None:
         super().check(config)
-        if config.space != "darts":
-            raise ConfigError(f"--method fair-darts runs in the darts space, where its paper and code searched "
-                              f"(its threshold derivation makes DARTS cells), not in --space {config.space}; "
-                              f"use --space darts")
+        if config.space not in ("darts", "proxyless"):
+            raise ConfigError(f"--method fair-darts runs in the darts space and in proxyless (its paper's ImageNet "
+                              f"chain), where its paper searched, not in --space {config.space}")
         if config.zero_one_weight < 0:
             raise ConfigError(f"--zero-one-weight must not be negative, got {config.zero_one_weight}")
         if config.zero_one_loss not in ZERO_ONE_LOSSES:

@@ -12,6 +12,7 @@ from ..registry import Registry
 
 SEARCH_SPACES: Registry = Registry("search space")
 
-from . import darts, nas_bench_201, robust_darts  # noqa: E402,F401,I001  (registers the built-in spaces, in this order)
+# registers the built-in spaces, in this order
+from . import darts, nas_bench_201, robust_darts, proxyless  # noqa: E402,F401,I001
 
 __all__ = ["SEARCH_SPACES"]
