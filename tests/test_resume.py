@@ -765,6 +765,7 @@ def test_resume_flag_refuses_unusable_settings_in_config_json_in_one_line(tmp_pa
 INTERRUPT_AT_START = """
 import os, signal, sys, threading
 sys.argv = [sys.argv[1], *sys.argv[2:]]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits SIG_IGN)
 threading.Timer(float(os.environ["INTERRUPT_AFTER"]), lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 exec(compile(open(sys.argv[0]).read(), sys.argv[0], "exec"), {"__name__": "__main__"})
 """
