@@ -23,6 +23,8 @@ These paths run on the CPU in float32/float64 without autocast, and not inside `
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -249,6 +251,7 @@ class _DilatedDepthwise(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+@functools.lru_cache(maxsize=1024)
 def unreached_taps(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     """How many taps at each end of a k-tap kernel row never meet a pixel of an image side of
     ``size`` (they only ever multiply the zero padding), for a convolution with these settings.
