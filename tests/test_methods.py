@@ -325,6 +325,24 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.equal(sa["model"][key], sb["model"][key]), key
 
 
+def kill_inside_epoch_2(args: list[str], out: Path) -> None:
+    """Run train_search.py with ``args`` (which must checkpoint every step) into ``out`` and SIGKILL
+    it after its first checkpoint inside epoch 2 (the first epoch with architecture steps)."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_search.py"), *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("checkpoint-epoch0001-step*.pt")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "summary.json").exists()
+
+
 @pytest.mark.parametrize("method", ["pc-darts", "gdas", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv",
                                     "drnas", "fair-darts"])
 def test_every_method_resumes_bit_identical_after_sigkill_inside_an_epoch(tmp_path, method):
@@ -337,19 +355,7 @@ def test_every_method_resumes_bit_identical_after_sigkill_inside_an_epoch(tmp_pa
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "train_search.py"), *args, "--out", str(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # Kill after the first checkpoint inside epoch 2 (the first epoch with architecture steps).
-    import time
-    deadline = time.monotonic() + 120
-    while not list(out.glob("checkpoint-epoch0001-step*.pt")):
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (out / "summary.json").exists()
+    kill_inside_epoch_2(args, out)
     assert search_main([*args, "--out", str(out)]) == 0
     assert_same_run(reference, out)
     if method == "gdas":

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_fair_darts import GivenWeights, arch_grads, fair
-from test_methods import assert_same_run
+from test_distributed import finish, torchrun
+from test_methods import assert_same_run, kill_inside_epoch_2
 from test_pdarts import one_thread
 
 from darts_nas.chain_genotype import (CHAIN_PRIMITIVES, MBCONV_OPS, PUBLISHED_CHAINS, STAGE_WIDTHS, ChainGenotype,
@@ -253,22 +253,27 @@ def test_search_then_train_final_on_digits(tmp_path):
     assert summary["params"] == count_parameters(ChainNetwork(final, C=4, num_classes=10, in_channels=1))
 
 
-def test_a_search_stopped_inside_an_epoch_resumes_bit_identical(tmp_path):
-    """The run as a SIGKILL after the first step of epoch 2 leaves it (the kill itself, and torchrun,
-    are tested for every method in the darts space; this space adds no state of its own)."""
+def test_a_search_killed_inside_an_epoch_resumes_bit_identical(tmp_path):
     args = [*TINY, "--method", "fair-darts", "--steps-per-epoch", "2", "--checkpoint-every", "1",
-            "--keep-checkpoints", "20"]
+            "--arch-warmup-epochs", "1"]
     reference = tmp_path / "reference"
     assert one_thread([*args, "--out", str(reference)]) == 0
     out = tmp_path / "run"
-    shutil.copytree(reference, out)
-    for name in ("checkpoint-epoch0002.pt", "checkpoint.pt", "summary.json"):
-        (out / name).unlink()
-    for name in ("metrics.jsonl", "history.jsonl"):
-        (out / name).write_text((out / name).read_text().splitlines()[0] + "\n")
+    kill_inside_epoch_2(args, out)
     assert one_thread([*args, "--out", str(out)]) == 0
-    assert "resuming" in (out / "log.txt").read_text() and "at step 1 of epoch 2 of 2" in (out / "log.txt").read_text()
     assert_same_run(reference, out)
+
+
+def test_fair_darts_searches_the_chain_under_torchrun_with_one_model(tmp_path):
+    args = [*TINY, "--method", "fair-darts", "--steps-per-epoch", "2", "--report-every", "100",
+            "--out", str(tmp_path / "run")]
+    args.remove("--quiet")
+    stdout = finish(torchrun("train_search.py", args, tmp_path), tmp_path)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert stdout.count("search finished") == 1
+    assert "all 2 processes hold the same weights, alphas and BatchNorm statistics" in log
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]["world_size"] == 2
+    assert ChainGenotype.load(tmp_path / "run" / "genotype.json").ops
 
 
 @pytest.mark.parametrize("args,message", [
