@@ -26,6 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch_string import SPACE as NB201_SPACE
+from .arch_string import resolve_arch
+from .chain_genotype import SPACE as CHAIN_SPACE
+from .chain_genotype import resolve_chain
 from .errors import ConfigError, DataError
 from .genotype import Genotype, resolve
 from .ops import OPS, FactorizedReduce, GlobalAvgPool, Identity, ReLUConvBN
@@ -479,18 +483,25 @@ def build_chain_network(genotype, C: int, layers: int, num_classes: int, auxilia
     return ChainNetwork(genotype, C=C, num_classes=num_classes, in_channels=in_channels)
 
 
+def resolve_cell(kind: str, spec: str):
+    """A cell spec (a name, genotype text, a JSON file or a search run) as the network ``kind``
+    reads it: a NAS-Bench-201 arch string for the benchmark's network, a ProxylessNAS chain for the
+    proxyless network, a DARTS genotype otherwise."""
+    if kind == NB201_SPACE:
+        return resolve_arch(spec)
+    if kind == CHAIN_SPACE:
+        return resolve_chain(spec)
+    return resolve(spec)
+
+
 def build_network(kind: str, genotype: Genotype | str, C: int, layers: int, num_classes: int,
                   auxiliary: bool = False, in_channels: int = 3) -> nn.Module:
     """Build the final network of ``kind`` (a name in :data:`NETWORKS`: ``"cifar"`` or
     ``"imagenet"``). ``genotype`` may also be a spec for :func:`darts_nas.genotype.resolve`
     (a cell name such as ``"darts_v2"``, a JSON file, genotype text)."""
     builder = NETWORKS.get(kind)  # unknown kind -> ConfigError listing the valid ones
-    if isinstance(genotype, str) and kind == "proxyless":  # a chain of the proxyless space
-        from .chain_genotype import resolve_chain
-
-        genotype = resolve_chain(genotype)
-    elif isinstance(genotype, str):
-        genotype = resolve(genotype)
+    if isinstance(genotype, str):
+        genotype = resolve_cell(kind, genotype)
     return builder(genotype=genotype, C=C, layers=layers, num_classes=num_classes,
                    auxiliary=auxiliary, in_channels=in_channels)
 

@@ -30,12 +30,10 @@ from .engine import EpochProgress, NonFiniteLossError, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError
 from .device_data import describe as describe_loader
 from .device_data import train_test_data_on_device, use_device_data
-from .arch_string import SPACE, resolve_arch
 from .chain_genotype import SPACE as CHAIN_SPACE
-from .chain_genotype import resolve_chain
-from .genotype import Genotype, resolve
+from .genotype import Genotype
 from .network import (NETWORKS, check_image_size, check_stem_fits_in_memory, count_auxiliary_parameters,
-                      count_multiply_adds, count_parameters)
+                      count_multiply_adds, count_parameters, resolve_cell)
 from .resume import (GracefulStop, StepCheckpoints, change_learning_rate, check_finite_state, first_line,
                      non_finite_message, resume_or_start_afresh)
 from .runtime import FINISHED_MARKER, environment, prepare_run_dir, seed_everything, settings_differences
@@ -55,17 +53,6 @@ def resume_command(out) -> str:
     return f"{command('train')} --resume {out}"
 RUN_FILES = ("config.json", "genotype.json", "metrics.jsonl", "checkpoint.pt", "log.txt", FINISHED,
              *CELL_DIAGRAM_FILES)
-
-
-def resolve_cell(network: str, spec: str):
-    """``--cell``/``--compare`` as the network's space reads them: a NAS-Bench-201 arch string
-    (or its genotype file or search run) for the benchmark's network, a ProxylessNAS chain for the
-    proxyless network, a DARTS genotype otherwise."""
-    if network == SPACE:
-        return resolve_arch(spec)
-    if network == CHAIN_SPACE:
-        return resolve_chain(spec)
-    return resolve(spec)
 
 
 def network_sizes(model: torch.nn.Module, info: DatasetInfo) -> dict[str, int]:
