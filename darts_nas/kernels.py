@@ -257,11 +257,10 @@ def unreached_taps(size: int, k: int, stride: int, padding: int, dilation: int) 
     ``size`` (they only ever multiply the zero padding), for a convolution with these settings.
     Symmetric: the smaller of the two ends."""
     out = (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    first = min((t for t in range(k) if any(0 <= stride * i - padding + t * dilation < size for i in range(out))),
-                default=k)
-    last = max((t for t in range(k) if any(0 <= stride * i - padding + t * dilation < size for i in range(out))),
-               default=-1)
-    return max(0, min(first, k - 1 - last))
+    reached = [t for t in range(k) if any(0 <= stride * i - padding + t * dilation < size for i in range(out))]
+    if not reached:
+        return 0
+    return min(reached[0], k - 1 - reached[-1])
 
 
 def reached_kernel(x_shape: torch.Size, weight: torch.Tensor, stride: int, padding: int,
